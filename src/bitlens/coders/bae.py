@@ -1,0 +1,103 @@
+"""Binary Autoencoder: h1 = step(W_in x / s + b_in), x_hat = s (W_out h1 + b_out).
+
+``s`` is a stored input scale (a scalar buffer, 1 until fitted) chosen so the normalised inputs have
+E||x/s||^2 = d; it makes one set of loss weights work whatever the magnitude of the hidden states.
+Callers always see the original space: ``encode`` takes raw states, ``decode`` returns raw states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .step import Surrogate, binarize
+from ..config import Serializable
+
+
+@dataclass
+class BAEConfig(Serializable):
+    """Architecture of a Binary Autoencoder."""
+
+    d_in: int = 0
+    """Hidden size d of the vectors to encode."""
+    expansion: int = 4
+    """Code size d' = expansion * d (ignored when d_code is set)."""
+    d_code: int = 0
+    """Explicit code size d'; 0 means expansion * d_in."""
+    encoder_bias: bool = True
+    """Learnable encoder bias b_in (the official code has it; the paper's equation does not)."""
+    surrogate: Surrogate = "identity"
+    """Backward of the step: identity (straight-through), sigmoid, paper (x(1-x)), official (g(1-g))."""
+    tau: float = 1.0
+    """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation."""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 0 or self.expansion < 1 or self.d_code < 0:
+            raise ValueError("d_in, d_code must be >= 0 and expansion >= 1")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+
+    @property
+    def width(self) -> int:
+        return self.d_code or self.expansion * self.d_in
+
+
+class BAEOutput(NamedTuple):
+    reconstruction: torch.Tensor
+    """[B, d] decoded vectors, in the caller's (unnormalised) space."""
+    code: torch.Tensor
+    """[B, d'] binary code in {0, 1}; carries the surrogate gradient."""
+    pre_activation: torch.Tensor
+    """[B, d'] encoder output before the step (normalised space)."""
+
+
+class BinaryAutoencoder(nn.Module):
+    architecture = "bae"
+
+    def __init__(self, cfg: BAEConfig):
+        super().__init__()
+        if cfg.d_in <= 0:
+            raise ValueError("BAEConfig.d_in must be set to the hidden size")
+        self.cfg = cfg
+        self.encoder = nn.Linear(cfg.d_in, cfg.width, bias=cfg.encoder_bias)
+        self.decoder = nn.Linear(cfg.width, cfg.d_in, bias=True)
+        self.register_buffer("input_scale", torch.ones(()))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw states -> [..., d'] pre-activations."""
+        return self.encoder(x / self.input_scale)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw states -> [..., d'] binary codes (0.0/1.0)."""
+        return binarize(self.pre_activation(x), self.cfg.surrogate, self.cfg.tau)
+
+    def decode_normalized(self, code: torch.Tensor) -> torch.Tensor:
+        """[..., d'] codes -> [..., d] reconstruction in the normalised space."""
+        return self.decoder(code)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """[..., d'] codes -> [..., d] reconstruction in the raw space."""
+        return self.decoder(code) * self.input_scale
+
+    def forward(self, x: torch.Tensor) -> BAEOutput:
+        pre = self.pre_activation(x)
+        code = binarize(pre, self.cfg.surrogate, self.cfg.tau)
+        return BAEOutput(self.decode(code), code, pre)
+
+    @torch.no_grad()
+    def fit_input_scale(self, x: torch.Tensor) -> float:
+        """Set the scale s so that E||x/s||^2 = d on the sample x [N, d]; returns s."""
+        scale = (x.double().pow(2).sum(-1).mean() / x.shape[-1]).sqrt().clamp_min(1e-12)
+        self.input_scale.fill_(float(scale))
+        return float(scale)
