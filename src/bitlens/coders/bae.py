@@ -7,7 +7,7 @@ Callers always see the original space: ``encode`` takes raw states, ``decode`` r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -21,7 +21,7 @@ from ..config import Serializable
 class BAEConfig(Serializable):
     """Architecture of a Binary Autoencoder."""
 
-    d_in: int = 0
+    d_in: int = field(default=0, metadata={"cmd": False})  # set from the data, never a CLI option
     """Hidden size d of the vectors to encode."""
     expansion: int = 4
     """Code size d' = expansion * d (ignored when d_code is set)."""
@@ -29,10 +29,10 @@ class BAEConfig(Serializable):
     """Explicit code size d'; 0 means expansion * d_in."""
     encoder_bias: bool = True
     """Learnable encoder bias b_in (the official code has it; the paper's equation does not)."""
-    surrogate: Surrogate = "identity"
+    surrogate: Surrogate = "sigmoid"
     """Backward of the step: identity (straight-through), sigmoid, paper (x(1-x)), official (g(1-g))."""
-    tau: float = 1.0
-    """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation."""
+    tau: float = 0.3
+    """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation (inputs scaled to E||x||^2 = d)."""
 
     def __post_init__(self) -> None:
         if self.d_in < 0 or self.expansion < 1 or self.d_code < 0:

@@ -1,0 +1,93 @@
+"""Sub-commands: each registers its options and runs one API call."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import Callable
+
+from ..coders.bae import BAEConfig
+from ..training.config import LossConfig, TrainConfig
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    register: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, list[str]], int | None]
+
+
+def _add_training_options(p) -> None:
+    p.add_arguments(BAEConfig, dest="bae")
+    p.add_arguments(TrainConfig, dest="train")
+    p.add_arguments(LossConfig, dest="loss")
+
+
+def _explicit(argv: list[str], *configs) -> set[str]:
+    """Names of config fields the user typed on the command line (so presets leave them alone)."""
+    typed = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    return {f.name for cfg in configs for f in fields(cfg) if f.name in typed}
+
+
+def _configs(args, argv):
+    bae, train, loss = args.bae, args.train, args.loss
+    if loss.preset == "paper":
+        from ..training.run import apply_paper_preset
+        bae, train, loss = apply_paper_preset(bae, train, loss, keep=_explicit(argv, bae, train, loss) - {"preset"})
+    return bae, train, loss
+
+
+# ---- train -----------------------------------------------------------------------------------------------------
+def _register_train(p) -> None:
+    p.add_argument("--activations", required=True, metavar="FILE",
+                   help="activation file: a 2-D float array [rows, dim] as .npy or .safetensors")
+    p.add_argument("--key", default=None, help="tensor name inside a .safetensors file holding several")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, metrics.jsonl, curves.png, manifest.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_training_options(p)
+
+
+def _run_train(args, argv) -> int:
+    from ..data.sources import load_activations, split_rows
+    from ..io import file_fingerprint
+    from ..training.run import train_bae
+
+    bae, train, loss = _configs(args, argv)
+    x = load_activations(args.activations, args.key)
+    tr, va = split_rows(x, train.val_fraction, train.seed)
+    _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume,
+                         inputs={"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
+                                 "rows": int(x.shape[0]), "dim": int(x.shape[1])})
+    print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
+          f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
+          f"checkpoint in {args.out}/checkpoint")
+    return 0
+
+
+# ---- synth -----------------------------------------------------------------------------------------------------
+def _register_synth(p) -> None:
+    from ..analysis.synth_benchmark import SynthConfig
+
+    p.add_argument("--out", default="runs/synth", metavar="DIR", help="output folder (synth.json, synth.png, one run per r)")
+    p.add_arguments(SynthConfig, dest="synth")
+    _add_training_options(p)
+
+
+def _run_synth(args, argv) -> int:
+    from ..analysis.synth_benchmark import run_synth
+
+    bae, train, loss = _configs(args, argv)
+    args.synth.bit_list()  # validate before any work
+    summary = run_synth(args.synth, args.out, bae, train, loss)
+    print(f"max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, max FVU = {summary['max_fvu']:.4f}; "
+          f"wrote {args.out}/synth.json and {args.out}/synth.png")
+    return 0
+
+
+COMMANDS = [
+    Command("train", "Train a Binary Autoencoder on an activation file.", _register_train, _run_train),
+    Command("synth", "Synthetic known-entropy benchmark: one BAE per r bits, estimated vs true entropy.",
+            _register_synth, _run_synth),
+]
+BY_NAME = {c.name: c for c in COMMANDS}

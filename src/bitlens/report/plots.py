@@ -1,0 +1,69 @@
+"""Figures: training curves and the synthetic benchmark. Matplotlib with the Agg backend, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """One panel per metric against the step: FVU, entropy (bits), L0, covariance, unit counts."""
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    panels = [("FVU (val)", ["val/fvu"], "log"), ("entropy, bits", ["val/entropy_bits", "train/entropy_bits"], "linear"),
+              ("L0 (active bits / token)", ["val/l0"], "linear"), ("covariance penalty", ["val/covariance"], "log"),
+              ("units", ["val/dead", "val/constant_on", "val/dense"], "linear"), ("train loss", ["train/loss"], "log")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (title, keys, scale) in zip(axes.flat, panels):
+        for key in keys:
+            ys = [r.get(key) for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(steps, [float("nan") if y is None else y for y in ys], marker=".", label=key.split("/", 1)[-1]
+                        if len(keys) > 1 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if scale == "log" and all((r.get(keys[0]) or 0) > 0 for r in records):
+            ax.set_yscale("log")
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_synth(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Estimated vs true bits (with the y = x line and +-1 bit band) and FVU per r."""
+    r = [row["true_bits"] for row in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    lo, hi = 0, max(r) + 1
+    a.fill_between([lo, hi], [lo - 1, hi - 1], [lo + 1, hi + 1], color="0.9", label="±1 bit")
+    a.plot([lo, hi], [lo, hi], "k--", lw=1, label="truth")
+    a.plot(r, [row["estimated_bits"] for row in results], "o-", label="BAE estimate")
+    if "joint_bits" in results[0]:
+        a.plot(r, [row["joint_bits"] for row in results], "x:", label="plug-in joint")
+    a.set_xlabel("true entropy r (bits)")
+    a.set_ylabel("estimated entropy (bits)")
+    a.set_title("Synthetic known-entropy benchmark")
+    a.legend()
+    a.grid(alpha=0.3)
+    b.bar([str(x) for x in r], [row["fvu"] for row in results])
+    b.axhline(0.10, color="r", ls="--", lw=1, label="target 0.10")
+    b.set_xlabel("true entropy r (bits)")
+    b.set_ylabel("FVU (validation)")
+    b.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,62 @@
+"""The BAE training objective: weights and sums the pure loss terms of ``losses.py``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..coders.bae import BinaryAutoencoder
+from ..coders.step import binarize
+from . import losses
+from .config import LossConfig
+from .schedules import warmup
+
+
+class LossTerms(NamedTuple):
+    loss: torch.Tensor
+    """Weighted total that is back-propagated."""
+    recon: torch.Tensor
+    """Reconstruction term: squared error / data variance (scale_free) or per-element MSE (paper)."""
+    entropy: torch.Tensor
+    """Minibatch entropy in bits, summed over units (unweighted)."""
+    covariance: torch.Tensor
+    """Sum of |off-diagonal covariance| of the bits (unweighted)."""
+    entropy_weight: float
+    """Effective weight applied to ``entropy`` at this step (includes warm-up and normalisation)."""
+    cov_weight: float
+    """Effective weight applied to ``covariance`` at this step."""
+
+
+def term_weights(cfg: LossConfig, width: int, step: int, total_steps: int) -> tuple[float, float]:
+    """Effective (entropy, covariance) weights at ``step``: warm-up times, for scale_free, 1/d' and 1/(d'(d'-1))."""
+    default_ramp = max(1, total_steps // 5)
+    e_ramp = default_ramp if cfg.entropy_ramp < 0 else cfg.entropy_ramp
+    c_ramp = default_ramp if cfg.cov_ramp < 0 else cfg.cov_ramp
+    we = cfg.entropy_weight * warmup(step, cfg.entropy_start, e_ramp)
+    wc = cfg.cov_weight * warmup(step, cfg.cov_start, c_ramp)
+    if cfg.preset == "scale_free":
+        we /= width
+        wc /= width * max(width - 1, 1)
+    return we, wc
+
+
+def bae_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, variance: float,
+                  step: int, total_steps: int) -> LossTerms:
+    """Loss of a batch x [B, d] (raw space).
+
+    For scale_free the terms are computed on x / input_scale, and ``variance`` is E||x/s - mean||^2 of the
+    training data; for paper everything is in the raw space and ``variance`` is unused.
+    """
+    xn = x / model.input_scale
+    code = binarize(model.encoder(xn), model.cfg.surrogate, model.cfg.tau)
+    recon_n = model.decoder(code)
+    if cfg.preset == "scale_free":
+        recon = losses.normalized_mse(xn, recon_n, variance)
+    else:
+        recon = losses.mse(xn, recon_n)
+    entropy = losses.minibatch_entropy(code, cfg.entropy_threshold)
+    cov = losses.covariance_penalty(code)
+    we, wc = term_weights(cfg, model.width, step, total_steps)
+    loss = recon + we * entropy + wc * cov
+    return LossTerms(loss, recon, entropy, cov, we, wc)

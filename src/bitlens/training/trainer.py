@@ -1,0 +1,212 @@
+"""The training loop: Adam over any row source, periodic evaluation, JSONL metrics, resumable checkpoints.
+
+The trainer never sees where rows come from (an array in memory, a file, the activation store). Batch order is a
+pure function of (seed, epoch), and the checkpoint holds the weights, Adam's state and the step, so a resumed run
+repeats an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..analysis.statistics import coder_statistics
+from ..coders.bae import BAEConfig, BinaryAutoencoder
+from ..coders.registry import load
+from ..data.sources import RowSource
+from ..io import BitlensError, write_json
+from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from .config import LossConfig, TrainConfig
+from .objective import bae_objective
+from .schedules import cosine_tail
+
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
+    """A fresh BAE for rows like ``sample`` [n, d]: seeded init; for scale_free also the input scale and a
+    decoder bias at the (normalised) data mean, so training starts from the mean predictor's error."""
+    torch.manual_seed(seed)
+    model = BinaryAutoencoder(cfg)
+    if loss.preset == "scale_free":
+        model.fit_input_scale(sample)
+        with torch.no_grad():
+            model.decoder.bias.copy_((sample / model.input_scale).mean(0))
+    return model
+
+
+def data_variance(model: BinaryAutoencoder, sample: torch.Tensor) -> float:
+    """E||x/s - mean||^2 of the normalised sample: the denominator of the scale_free reconstruction term."""
+    xn = sample.double() / float(model.input_scale)
+    return float((xn - xn.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so both write a checkpoint before exiting."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+    def __init__(self, model: BinaryAutoencoder, train: RowSource, val: RowSource | None,
+                 cfg: TrainConfig, loss: LossConfig, out_dir: str | Path, variance: float | None = None):
+        if train.dim != model.d_in:
+            raise BitlensError(f"data has dimension {train.dim} but the coder expects {model.d_in}")
+        self.cfg, self.loss_cfg = cfg, loss
+        self.device = torch.device(cfg.device)
+        self.model = model.to(self.device)
+        self.train_rows, self.val_rows = train, val
+        self.out_dir = Path(out_dir)
+        self.batch_size = min(cfg.batch_size, train.n_rows)
+        self.steps_per_epoch = max(1, train.n_rows // self.batch_size)
+        self.total_steps = (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.step = 0
+        self.variance = variance if variance is not None else data_variance(model, train.rows(65536))
+        self._running: dict[str, float] = {}
+        self._val_cache: torch.Tensor | None = None
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
+                "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
+
+    def save(self) -> Path:
+        folder = self.out_dir / CHECKPOINT
+        save_checkpoint(folder, self.model, self.opt, self.state())
+        return folder
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, train: RowSource, val: RowSource | None,
+               cfg: TrainConfig | None = None) -> "Trainer":
+        """Rebuild a trainer from ``out_dir/checkpoint``; ``cfg`` may change only non-semantic fields."""
+        folder = Path(out_dir) / CHECKPOINT
+        if not (folder / "trainer_state.json").is_file():
+            raise BitlensError(f"nothing to resume: no checkpoint in {folder}")
+        state, opt_tensors = load_trainer_state(folder)
+        model = load(folder)
+        if train.dim != model.d_in:
+            raise BitlensError(f"cannot resume: data has dimension {train.dim} but the checkpoint expects {model.d_in}")
+        saved_cfg = TrainConfig.from_dict(state["train_config"])
+        if cfg is not None:  # progress/device/eval cadence may change; the rest must match to stay bit-exact
+            saved_cfg.progress, saved_cfg.device = cfg.progress, cfg.device
+        trainer = cls(model, train, val, saved_cfg, LossConfig.from_dict(state["loss_config"]), out_dir,
+                      variance=state["variance"])
+        restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
+        trainer.step = state["step"]
+        trainer._truncate_metrics()
+        return trainer
+
+    def _truncate_metrics(self) -> None:
+        """Drop logged lines past the checkpoint's step so a resumed run does not duplicate them."""
+        path = self.out_dir / METRICS
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[torch.Tensor]:
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        while True:
+            batches = self.train_rows.batches(self.batch_size, epoch, self.cfg.seed)
+            yield from itertools.islice(batches, offset, None)
+            epoch, offset = epoch + 1, 0
+
+    def _lr(self) -> float:
+        return self.cfg.lr * cosine_tail(self.step, self.total_steps, self.cfg.lr_decay, self.cfg.lr_final)
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``total_steps``; returns the last evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        last: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
+                   desc="train", unit="step", dynamic_ncols=True)
+        try:
+            with _sigterm_as_interrupt():
+                batches = self._batches()
+                while self.step < self.total_steps:
+                    x = next(batches).to(self.device, non_blocking=True)
+                    for group in self.opt.param_groups:
+                        group["lr"] = self._lr()
+                    terms = bae_objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    self.opt.zero_grad(set_to_none=True)
+                    terms.loss.backward()
+                    self.opt.step()
+                    self.step += 1
+                    bar.update(1)
+                    self._accumulate(terms)
+                    if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
+                        last = self.log()
+                        bar.set_postfix(fvu=f"{last.get('val/fvu', float('nan')):.3f}",
+                                        H=f"{last.get('val/entropy_bits', float('nan')):.1f}")
+                    if self.step % self.cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                        self.save()
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            raise
+        bar.close()
+        self.save()
+        self.model.eval()
+        return last
+
+    def _accumulate(self, terms) -> None:
+        r = self._running
+        r["n"] = r.get("n", 0) + 1
+        for name, value in (("loss", terms.loss), ("recon", terms.recon), ("entropy_bits", terms.entropy),
+                            ("covariance", terms.covariance)):
+            r[name] = r.get(name, 0.0) + float(value.detach())
+
+    def evaluate(self) -> dict[str, float]:
+        """Statistics of the current coder on (at most eval_rows of) the validation rows."""
+        if self.val_rows is None or self.val_rows.n_rows == 0:
+            return {}
+        if self._val_cache is None:
+            self._val_cache = self.val_rows.rows(self.cfg.eval_rows)
+        was_training = self.model.training
+        self.model.eval()
+        stats = coder_statistics(self.model, self._val_cache)
+        self.model.train(was_training)
+        return stats
+
+    def log(self) -> dict[str, float]:
+        r, self._running = self._running, {}
+        n = max(r.pop("n", 1), 1)
+        record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
+        record.update({f"train/{k}": v / n for k, v in r.items()})
+        record.update({f"val/{k}": v for k, v in self.evaluate().items()})
+        with open(self.out_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def write_final(out_dir: str | Path, stats: dict[str, Any]) -> None:
+    write_json(Path(out_dir) / "final_metrics.json", stats)

@@ -1,0 +1,121 @@
+"""The command line, run in-process through ``bitlens.cli.main.main`` (same code path as the console script)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import bitlens
+from bitlens.cli.main import main
+from bitlens.data.synthetic import known_entropy_data
+
+FAST = ["--steps", "40", "--batch-size", "64", "--eval-every", "20", "--checkpoint-every", "20", "--noprogress"]
+
+
+@pytest.fixture
+def act_file(tmp_path):
+    x, _ = known_entropy_data(2000, 12, 5, seed=0)
+    path = tmp_path / "acts.npy"
+    np.save(path, x.numpy())
+    return path
+
+
+def test_train_then_resume(tmp_path, act_file, capsys):
+    out = tmp_path / "t"
+    assert main(["train", "--activations", str(act_file), "--out", str(out), *FAST]) == 0
+    model = bitlens.load(out)
+    assert model.d_in == 12 and model.width == 48
+    assert (out / "checkpoint" / "model.safetensors").exists() and (out / "manifest.json").exists()
+    # continue the same run for more steps
+    assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", *FAST]) == 0
+    # same config: already at its last step, nothing more to do
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 40
+    assert "trained to step 40" in capsys.readouterr().out
+
+
+def test_resume_continues_from_last_step(tmp_path, act_file):
+    out = tmp_path / "t"
+    assert main(["train", "--activations", str(act_file), "--out", str(out), *FAST]) == 0
+    state_path = out / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["train_config"]["steps"], state["total_steps"] = 60, 60  # as if the run had been stopped at 40 of 60
+    state_path.write_text(json.dumps(state))
+    assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", "--noprogress"]) == 0
+    assert json.loads(state_path.read_text())["step"] == 60
+
+
+def test_safetensors_input(tmp_path):
+    x, _ = known_entropy_data(500, 8, 3, seed=0)
+    path = tmp_path / "a.safetensors"
+    save_file({"layer3": x.numpy(), "other": x.numpy()[:, :4].copy()}, str(path))
+    assert main(["train", "--activations", str(path), "--key", "layer3", "--out", str(tmp_path / "s"), *FAST]) == 0
+    assert main(["train", "--activations", str(path), "--out", str(tmp_path / "s2"), *FAST]) == 2
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "rank1", "rank3", "empty", "ints", "missing", "pickle"])
+def test_bad_activation_files(tmp_path, kind, capsys):
+    path = tmp_path / "bad.npy"
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    if kind == "nan":
+        x[3, 2] = np.nan
+    elif kind == "inf":
+        x[7, 0] = np.inf
+    elif kind == "rank1":
+        x = x[:, 0]
+    elif kind == "rank3":
+        x = x.reshape(5, 10, 6)
+    elif kind == "empty":
+        x = x[:0]
+    elif kind == "ints":
+        x = (x > 0).astype(np.int64)
+    if kind == "pickle":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind != "missing":
+        np.save(path, x)
+    out = tmp_path / "run"
+    assert main(["train", "--activations", str(path), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitlens: error:") and "\n" not in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_resume_with_wrong_dimension(tmp_path, act_file, capsys):
+    out = tmp_path / "t"
+    assert main(["train", "--activations", str(act_file), "--out", str(out), *FAST]) == 0
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
+    other = tmp_path / "other.npy"
+    np.save(other, np.random.default_rng(0).normal(size=(300, 7)).astype(np.float32))
+    assert main(["train", "--activations", str(other), "--out", str(out), "--resume", *FAST]) == 2
+    assert "dimension 7" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()} == before
+
+
+def test_bad_options_exit_2(tmp_path, act_file):
+    assert main(["train", "--activations", str(act_file), "--out", str(tmp_path / "x"), "--batch-size", "1"]) == 2
+    assert main(["synth", "--bits", "2,x", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()
+
+
+def test_synth_command_writes_results(tmp_path):
+    out = tmp_path / "synth"
+    assert main(["synth", "--bits", "2,3", "--dim", "16", "--n", "2048", "--steps", "1500", "--eval-every", "500",
+                 "--noprogress", "--out", str(out)]) == 0
+    summary = json.loads((out / "synth.json").read_text())
+    assert [r["true_bits"] for r in summary["results"]] == [2, 3]
+    for r in summary["results"]:
+        assert {"true_bits", "estimated_bits", "fvu"} <= set(r)
+        assert abs(r["estimated_bits"] - r["true_bits"]) <= 1.0
+        assert r["fvu"] < 0.2
+    assert (out / "synth.png").stat().st_size > 1000
+
+
+def test_console_script_help_lists_every_option():
+    res = subprocess.run([sys.executable, "-m", "bitlens.cli.main", "train", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for option in ("--activations", "--resume", "--surrogate", "--entropy-weight", "--cov-weight", "--preset",
+                   "--lr", "--steps", "--eval-every"):
+        assert option in res.stdout

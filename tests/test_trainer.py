@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from bitlens import BAEConfig, LossConfig, TrainConfig, load, train_bae
+from bitlens.data.sources import TensorRows, split_rows
+from bitlens.io import BitlensError
+from bitlens.training.trainer import Trainer, read_metrics
+
+CFG = dict(steps=60, batch_size=64, eval_every=20, checkpoint_every=20, progress=False)
+
+
+def test_training_reduces_fvu_and_logs(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    model, stats = train_bae(tr, va, tmp_path / "run", cfg=TrainConfig(**{**CFG, "steps": 300}))
+    records = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == list(range(20, 301, 20))
+    assert stats["fvu"] < 0.5
+    for key in ("val/mse", "val/fvu", "val/cosine", "val/entropy_bits", "val/covariance", "val/l0", "val/dead",
+                "val/constant_on", "val/dense", "train/loss"):
+        assert key in records[-1]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["seeds"] == {"seed": 0} and manifest["config"]["bae"]["d_in"] == 16
+
+
+def test_resume_equals_uninterrupted(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    full, _ = train_bae(tr, va, tmp_path / "full", cfg=TrainConfig(**CFG))
+    train_bae(tr, va, tmp_path / "part", cfg=TrainConfig(**{**CFG, "steps": 60}))
+    # pretend the run stopped at step 40: roll its checkpoint back by re-running to 40 in a fresh folder
+    half, _ = train_bae(tr, va, tmp_path / "half", cfg=TrainConfig(**{**CFG, "steps": 40}))
+    state = json.loads((tmp_path / "half" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 40
+    # the schedule depends on total steps, so resume a 40-step checkpoint whose config says 60 steps
+    state["total_steps"] = 60
+    state["train_config"]["steps"] = 60
+    (tmp_path / "half" / "checkpoint" / "trainer_state.json").write_text(json.dumps(state))
+    resumed, _ = train_bae(tr, va, tmp_path / "half", resume=True)
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "half")]
+    assert steps == [20, 40, 60]
+
+
+def test_interrupt_writes_checkpoint_and_resume_matches(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    full, _ = train_bae(tr, va, tmp_path / "full", cfg=TrainConfig(**CFG))
+
+    class Interrupting(TensorRows):
+        calls = 0
+
+        def batches(self, batch_size, epoch, seed):
+            for b in super().batches(batch_size, epoch, seed):
+                Interrupting.calls += 1
+                if Interrupting.calls == 31:
+                    raise KeyboardInterrupt
+                yield b
+
+    flaky = Interrupting(tr.data, tr.index)
+    with pytest.raises(KeyboardInterrupt):
+        train_bae(flaky, va, tmp_path / "int", cfg=TrainConfig(**CFG))
+    state = json.loads((tmp_path / "int" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 30
+    resumed, _ = train_bae(tr, va, tmp_path / "int", resume=True)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in read_metrics(tmp_path / "int")] == [20, 40, 60]
+
+
+def test_refuses_to_overwrite_and_resume_without_checkpoint(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    train_bae(tr, va, tmp_path / "r", cfg=TrainConfig(**{**CFG, "steps": 5}))
+    with pytest.raises(BitlensError, match="already holds a checkpoint"):
+        train_bae(tr, va, tmp_path / "r", cfg=TrainConfig(**CFG))
+    with pytest.raises(BitlensError, match="nothing to resume"):
+        train_bae(tr, va, tmp_path / "empty", resume=True)
+
+
+def test_paper_preset_objective_is_raw(tmp_path, synth8):
+    from bitlens.training.run import apply_paper_preset
+    from bitlens.training.objective import term_weights
+
+    bae, train, loss = apply_paper_preset(BAEConfig(), TrainConfig(steps=2000), LossConfig())
+    assert bae.surrogate == "official" and train.lr == 5e-4 and loss.preset == "paper"
+    assert term_weights(loss, 256, 499, 2000) == (0.0, 1e-7)  # entropy off before a quarter of training
+    assert term_weights(loss, 256, 500, 2000) == (1e-7, 1e-7)
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    model, _ = train_bae(tr, va, tmp_path / "p", bae, TrainConfig(**{**CFG, "steps": 5}), loss)
+    assert float(model.input_scale) == 1.0  # no input normalisation in the paper's objective
+    assert load(tmp_path / "p").cfg.surrogate == "official"
