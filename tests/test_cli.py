@@ -102,7 +102,7 @@ def test_bad_options_exit_2(tmp_path, act_file):
 
 def test_synth_command_writes_results(tmp_path):
     out = tmp_path / "synth"
-    assert main(["synth", "--bits", "2,3", "--dim", "16", "--n", "2048", "--steps", "1500", "--eval-every", "500",
+    assert main(["synth", "--bits", "2,3", "--dim", "16", "--n", "2048", "--steps", "1500", "--entropy-weight", "2.5", "--eval-every", "500",
                  "--noprogress", "--out", str(out)]) == 0
     summary = json.loads((out / "synth.json").read_text())
     assert [r["true_bits"] for r in summary["results"]] == [2, 3]
@@ -119,3 +119,26 @@ def test_console_script_help_lists_every_option():
     for option in ("--activations", "--resume", "--surrogate", "--entropy-weight", "--cov-weight", "--preset",
                    "--lr", "--steps", "--eval-every"):
         assert option in res.stdout
+
+
+def test_ctrl_c_writes_checkpoint_then_resume(tmp_path, act_file):
+    """A real SIGINT to the console process: it checkpoints, exits 130, and --resume finishes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "bitlens.cli.main", "train", "--activations", str(act_file), "--out", str(out),
+           "--steps", "100000", "--batch-size", "64", "--eval-every", "50", "--checkpoint-every", "100000",
+           "--noprogress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    step = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"]
+    assert step >= 50
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] <= step
