@@ -29,23 +29,16 @@ def test_train_then_resume(tmp_path, act_file, capsys):
     model = bitlens.load(out)
     assert model.d_in == 12 and model.width == 48
     assert (out / "checkpoint" / "model.safetensors").exists() and (out / "manifest.json").exists()
-    # continue the same run for more steps
+    # same settings: already at its last step, nothing more to do
     assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", *FAST]) == 0
-    # same config: already at its last step, nothing more to do
-    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
-    assert state["step"] == 40
-    assert "trained to step 40" in capsys.readouterr().out
-
-
-def test_resume_continues_from_last_step(tmp_path, act_file):
-    out = tmp_path / "t"
-    assert main(["train", "--activations", str(act_file), "--out", str(out), *FAST]) == 0
-    state_path = out / "checkpoint" / "trainer_state.json"
-    state = json.loads(state_path.read_text())
-    state["train_config"]["steps"], state["total_steps"] = 60, 60  # as if the run had been stopped at 40 of 60
-    state_path.write_text(json.dumps(state))
-    assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", "--noprogress"]) == 0
-    assert json.loads(state_path.read_text())["step"] == 60
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 40
+    # continue the run for more steps
+    assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", "--steps", "70",
+                 "--lr", "0.5", "--noprogress"]) == 0
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 70
+    captured = capsys.readouterr()
+    assert "trained to step 70" in captured.out
+    assert "ignored: lr" in captured.err
 
 
 def test_safetensors_input(tmp_path):

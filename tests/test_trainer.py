@@ -3,47 +3,52 @@ import json
 import pytest
 import torch
 
-from bitlens import BAEConfig, LossConfig, TrainConfig, load, train_bae
+from bitlens import BAEConfig, LossConfig, TrainConfig, known_entropy_data, load, train_bae
 from bitlens.data.sources import TensorRows, split_rows
 from bitlens.io import BitlensError
-from bitlens.training.trainer import Trainer, read_metrics
+from bitlens.training.trainer import Trainer, init_bae, read_metrics
 
 CFG = dict(steps=60, batch_size=64, eval_every=20, checkpoint_every=20, progress=False)
 
 
-def test_training_reduces_fvu_and_logs(tmp_path, synth8):
-    x, _ = synth8
+def test_training_reduces_fvu_and_logs(tmp_path):
+    x, _ = known_entropy_data(4096, 64, 4, seed=3)
     tr, va = split_rows(x, 0.2, 0)
-    model, stats = train_bae(tr, va, tmp_path / "run", cfg=TrainConfig(**{**CFG, "steps": 300}))
+    model, stats = train_bae(tr, va, tmp_path / "run", cfg=TrainConfig(**{**CFG, "steps": 400, "batch_size": 256}))
     records = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in records] == list(range(20, 301, 20))
+    assert [r["step"] for r in records] == list(range(20, 401, 20))
     assert stats["fvu"] < 0.5
     for key in ("val/mse", "val/fvu", "val/cosine", "val/entropy_bits", "val/covariance", "val/l0", "val/dead",
                 "val/constant_on", "val/dense", "train/loss"):
         assert key in records[-1]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["seeds"] == {"seed": 0} and manifest["config"]["bae"]["d_in"] == 16
+    assert manifest["seeds"] == {"seed": 0} and manifest["config"]["bae"]["d_in"] == 64
 
 
 def test_resume_equals_uninterrupted(tmp_path, synth8):
     x, _ = synth8
     tr, va = split_rows(x, 0.2, 0)
     full, _ = train_bae(tr, va, tmp_path / "full", cfg=TrainConfig(**CFG))
-    train_bae(tr, va, tmp_path / "part", cfg=TrainConfig(**{**CFG, "steps": 60}))
-    # pretend the run stopped at step 40: roll its checkpoint back by re-running to 40 in a fresh folder
-    half, _ = train_bae(tr, va, tmp_path / "half", cfg=TrainConfig(**{**CFG, "steps": 40}))
+    # the same run stopped at step 40 (checkpoint written), then resumed in a new Trainer
+    model = init_bae(BAEConfig(d_in=16), tr.rows(65536), LossConfig(), 0)
+    Trainer(model, tr, va, TrainConfig(**CFG), LossConfig(), tmp_path / "half").fit(until=40)
     state = json.loads((tmp_path / "half" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 40
-    # the schedule depends on total steps, so resume a 40-step checkpoint whose config says 60 steps
-    state["total_steps"] = 60
-    state["train_config"]["steps"] = 60
-    (tmp_path / "half" / "checkpoint" / "trainer_state.json").write_text(json.dumps(state))
     resumed, _ = train_bae(tr, va, tmp_path / "half", resume=True)
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
-    steps = [r["step"] for r in read_metrics(tmp_path / "half")]
-    assert steps == [20, 40, 60]
+    assert [r["step"] for r in read_metrics(tmp_path / "half")] == [20, 40, 60]
+
+
+def test_resume_can_extend_but_not_change_the_objective(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    train_bae(tr, va, tmp_path / "r", cfg=TrainConfig(**CFG))
+    _, stats = train_bae(tr, va, tmp_path / "r", resume=True, resume_overrides={"steps": 80})
+    assert stats["step"] == 80
+    with pytest.raises(BitlensError, match="cannot change lr"):
+        train_bae(tr, va, tmp_path / "r", resume=True, resume_overrides={"lr": 0.1})
 
 
 def test_interrupt_writes_checkpoint_and_resume_matches(tmp_path, synth8):

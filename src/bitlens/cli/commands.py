@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -27,6 +28,7 @@ def _add_training_options(p) -> None:
 def _explicit(argv: list[str], *configs) -> set[str]:
     """Names of config fields the user typed on the command line (so presets leave them alone)."""
     typed = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    typed |= {t[2:] for t in typed if t.startswith("no")}  # --noprogress sets `progress`
     return {f.name for cfg in configs for f in fields(cfg) if f.name in typed}
 
 
@@ -44,7 +46,9 @@ def _register_train(p) -> None:
                    help="activation file: a 2-D float array [rows, dim] as .npy or .safetensors")
     p.add_argument("--key", default=None, help="tensor name inside a .safetensors file holding several")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, metrics.jsonl, curves.png, manifest.json)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint with its saved settings; "
+                        "--steps/--epochs given with it extend the run, reporting options may change, others are ignored")
     _add_training_options(p)
 
 
@@ -56,7 +60,14 @@ def _run_train(args, argv) -> int:
     bae, train, loss = _configs(args, argv)
     x = load_activations(args.activations, args.key)
     tr, va = split_rows(x, train.val_fraction, train.seed)
-    _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume,
+    from ..training.trainer import Trainer
+
+    overrides = {name: getattr(train, name) for name in _explicit(argv, train) & Trainer.RESUMABLE_OVERRIDES}
+    ignored = _explicit(argv, bae, train, loss) - Trainer.RESUMABLE_OVERRIDES
+    if args.resume and ignored:
+        print(f"bitlens: note: resuming uses the checkpoint's settings; ignored: {', '.join(sorted(ignored))}",
+              file=sys.stderr)
+    _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume, resume_overrides=overrides,
                          inputs={"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
                                  "rows": int(x.shape[0]), "dim": int(x.shape[1])})
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "

@@ -32,12 +32,12 @@ class LossConfig(Serializable):
     """Weight of the covariance term (per off-diagonal pair for scale_free; raw sum for paper)."""
     entropy_threshold: float = 0.0
     """Entropy floor in bits: below it the entropy term is a gradient-free 0 (official option; 0 = off)."""
-    entropy_start: int = 0
-    """Step at which the entropy term switches on."""
+    entropy_start: int = -1
+    """Step at which the entropy term switches on (-1 = after a tenth of training: reconstruction first)."""
     entropy_ramp: int = -1
     """Steps of linear ramp once on (0 = hard switch; -1 = a fifth of the training steps)."""
-    cov_start: int = 0
-    """Step at which the covariance term switches on."""
+    cov_start: int = -1
+    """Step at which the covariance term switches on (-1 = with the entropy term)."""
     cov_ramp: int = -1
     """Steps of linear ramp for the covariance term (0 = hard switch; -1 = a fifth of the training steps)."""
 

@@ -30,11 +30,14 @@ class LossTerms(NamedTuple):
 
 def term_weights(cfg: LossConfig, width: int, step: int, total_steps: int) -> tuple[float, float]:
     """Effective (entropy, covariance) weights at ``step``: warm-up times, for scale_free, 1/d' and 1/(d'(d'-1))."""
-    default_ramp = max(1, total_steps // 5)
-    e_ramp = default_ramp if cfg.entropy_ramp < 0 else cfg.entropy_ramp
-    c_ramp = default_ramp if cfg.cov_ramp < 0 else cfg.cov_ramp
-    we = cfg.entropy_weight * warmup(step, cfg.entropy_start, e_ramp)
-    wc = cfg.cov_weight * warmup(step, cfg.cov_start, c_ramp)
+    # defaults: reconstruct alone for the first tenth (the penalties then prune a code that already exists),
+    # ramp over the next fifth, and leave the remaining 70% at full weight to remove redundant copies
+    e_start = total_steps // 10 if cfg.entropy_start < 0 else cfg.entropy_start
+    c_start = e_start if cfg.cov_start < 0 else cfg.cov_start
+    e_ramp = max(1, total_steps // 5) if cfg.entropy_ramp < 0 else cfg.entropy_ramp
+    c_ramp = max(1, total_steps // 5) if cfg.cov_ramp < 0 else cfg.cov_ramp
+    we = cfg.entropy_weight * warmup(step, e_start, e_ramp)
+    wc = cfg.cov_weight * warmup(step, c_start, c_ramp)
     if cfg.preset == "scale_free":
         we /= width
         wc /= width * max(width - 1, 1)

@@ -33,8 +33,12 @@ def apply_paper_preset(bae: BAEConfig, train: TrainConfig, loss: LossConfig,
 
 def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae: BAEConfig | None = None,
               cfg: TrainConfig | None = None, loss: LossConfig | None = None, resume: bool = False,
-              inputs: dict[str, Any] | None = None) -> tuple[BinaryAutoencoder, dict[str, Any]]:
+              inputs: dict[str, Any] | None = None,
+              resume_overrides: dict[str, Any] | None = None) -> tuple[BinaryAutoencoder, dict[str, Any]]:
     """Train (or resume) a BAE on ``train`` rows, evaluating on ``val``; everything goes to ``out_dir``.
+
+    When resuming, the saved configs are used; ``resume_overrides`` may change the fields listed in
+    ``Trainer.RESUMABLE_OVERRIDES`` (e.g. ``{"steps": 20000}`` to train longer).
 
     Returns the trained model (eval mode) and its final validation statistics.
     Raises KeyboardInterrupt after writing a checkpoint when interrupted.
@@ -42,7 +46,7 @@ def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae:
     out_dir = Path(out_dir)
     bae, cfg, loss = bae or BAEConfig(), cfg or TrainConfig(), loss or LossConfig()
     if resume:
-        trainer = Trainer.resume(out_dir, train, val, cfg)
+        trainer = Trainer.resume(out_dir, train, val, resume_overrides)
     else:
         if (out_dir / CHECKPOINT).exists():
             raise BitlensError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or pick a new --out")

@@ -95,10 +95,16 @@ class Trainer:
         save_checkpoint(folder, self.model, self.opt, self.state())
         return folder
 
+    #: fields a resumed run may change: where/how it reports, and how long it trains
+    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "eval_every", "eval_rows",
+                                     "checkpoint_every"})
+
     @classmethod
     def resume(cls, out_dir: str | Path, train: RowSource, val: RowSource | None,
-               cfg: TrainConfig | None = None) -> "Trainer":
-        """Rebuild a trainer from ``out_dir/checkpoint``; ``cfg`` may change only non-semantic fields."""
+               overrides: dict[str, Any] | None = None) -> "Trainer":
+        """Rebuild a trainer from ``out_dir/checkpoint``. With no ``overrides`` the run continues exactly as
+        the uninterrupted one would; overriding ``steps``/``epochs`` extends (or shortens) it, which moves the
+        LR schedule's tail and the default warm-up length from that point on."""
         folder = Path(out_dir) / CHECKPOINT
         if not (folder / "trainer_state.json").is_file():
             raise BitlensError(f"nothing to resume: no checkpoint in {folder}")
@@ -106,9 +112,11 @@ class Trainer:
         model = load(folder)
         if train.dim != model.d_in:
             raise BitlensError(f"cannot resume: data has dimension {train.dim} but the checkpoint expects {model.d_in}")
-        saved_cfg = TrainConfig.from_dict(state["train_config"])
-        if cfg is not None:  # progress/device/eval cadence may change; the rest must match to stay bit-exact
-            saved_cfg.progress, saved_cfg.device = cfg.progress, cfg.device
+        overrides = overrides or {}
+        refused = sorted(set(overrides) - cls.RESUMABLE_OVERRIDES)
+        if refused:
+            raise BitlensError(f"cannot change {', '.join(refused)} when resuming (it would not be the same run)")
+        saved_cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
         trainer = cls(model, train, val, saved_cfg, LossConfig.from_dict(state["loss_config"]), out_dir,
                       variance=state["variance"])
         restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
@@ -128,15 +136,20 @@ class Trainer:
     def _batches(self) -> Iterator[torch.Tensor]:
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         while True:
-            batches = self.train_rows.batches(self.batch_size, epoch, self.cfg.seed)
-            yield from itertools.islice(batches, offset, None)
+            # only full batches, and exactly steps_per_epoch of them, so step -> (epoch, offset) stays exact
+            # whatever a source does with its last partial batch
+            batches = (b for b in self.train_rows.batches(self.batch_size, epoch, self.cfg.seed)
+                       if b.shape[0] == self.batch_size)
+            yield from itertools.islice(batches, offset, self.steps_per_epoch)
             epoch, offset = epoch + 1, 0
 
     def _lr(self) -> float:
         return self.cfg.lr * cosine_tail(self.step, self.total_steps, self.cfg.lr_decay, self.cfg.lr_final)
 
-    def fit(self) -> dict[str, float]:
-        """Train to ``total_steps``; returns the last evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
+    def fit(self, until: int | None = None) -> dict[str, float]:
+        """Train to ``total_steps`` (or stop early at step ``until``), then checkpoint; returns the last
+        evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
+        stop = self.total_steps if until is None else min(until, self.total_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         last: dict[str, float] = {}
@@ -145,7 +158,7 @@ class Trainer:
         try:
             with _sigterm_as_interrupt():
                 batches = self._batches()
-                while self.step < self.total_steps:
+                while self.step < stop:
                     x = next(batches).to(self.device, non_blocking=True)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
