@@ -118,6 +118,9 @@ def load_model(source: str | Path = EMBEDDED, *, gguf_file: str | None = None, d
         path: str | Path = embedded_model_dir(cache)
     else:
         path = _resolve_source(name)
+        if isinstance(path, Path):
+            path = path.resolve()
+            name = str(path)  # one identity for ./m, m and /abs/m, so a resume is recognised
         if isinstance(path, Path) and path.suffix == ".gguf":
             gguf_file, path = path.name, path.parent
     _check_causal(path, gguf_file, revision)
