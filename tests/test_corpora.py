@@ -99,3 +99,9 @@ def test_embedded_corpus():
     text = " ".join(s for d in sotu for s in d.sentences)
     assert "(Applause.)" not in text and "[Laughter]" not in text and "(applause)" not in text
     assert sum(len(d.sentences) for d in corpus.documents) > 50_000
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("datasets") is not None, reason="datasets installed")
+def test_dataset_name_without_datasets_package():
+    with pytest.raises(BitlensError, match="not a file or folder, and the `datasets` package is not installed"):
+        load_corpus("some-user-dataset")

@@ -220,7 +220,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
         return Path(out)
     special_ids = set(lm.tokenizer.all_special_ids)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    bar = _progress(progress, max_tokens, writer.n_tokens, n_docs, writer.cursor[0])
+    bar = _progress(progress, max_tokens, writer.n_tokens)
     sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
     done = False
     while not done:
@@ -267,7 +267,7 @@ def _token_texts(tokenizer) -> list[str]:
     return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
 
 
-def _progress(enabled: bool, max_tokens: int | None, initial: int, n_docs: int, doc_pos: int):
+def _progress(enabled: bool, max_tokens: int | None, initial: int):
     if not enabled:
         return None
     from tqdm import tqdm

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -192,7 +191,8 @@ def _check_causal(path: str | Path, gguf_file: str | None, revision: str | None)
     try:
         config = AutoConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError, KeyError) as exc:
-        raise BitlensError(f"cannot read the config of model {str(path)!r}: {_first_line(exc)}") from exc
+        what = "model folder" if isinstance(path, Path) else "no local folder, and hub model"
+        raise BitlensError(f"cannot read the config of {what} {str(path)!r}: {_first_line(exc)}") from exc
     causal_classes = {c for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
                       for c in ((v,) if isinstance(v, str) else v)}
     archs = list(getattr(config, "architectures", None) or [])
@@ -262,8 +262,3 @@ def _quiet_transformers() -> Iterator[None]:
         if bars:
             hf_logging.enable_progress_bar()
 
-
-def model_info(path: Path) -> dict[str, Any]:
-    """The ``bitlens_source.json`` of a converted embedded model folder (empty for other folders)."""
-    file = path / "bitlens_source.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
