@@ -222,7 +222,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     bar = _progress(progress, max_tokens, writer.n_tokens)
     sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
-    done = False
+    done = max_tokens is not None and writer.n_tokens >= max_tokens  # killed between last shard and finish
     while not done:
         batch = _take(sequences, batch_size)
         if not batch:

@@ -137,7 +137,7 @@ class StoreWriter:
             self._pending[key] += value
         self._pending["sequences"] += sequences
         self._cursor = cursor
-        if self._buffered >= self.manifest["shard_rows"] or done:
+        if self._buffered and (self._buffered >= self.manifest["shard_rows"] or done):
             self._commit_shard()
         return done
 
