@@ -45,7 +45,9 @@ def store(tmp_path) -> ActivationStore:
 
 
 def ids(batches) -> np.ndarray:
-    return torch.cat(list(batches))[:, 0].numpy().astype(np.int64)
+    """Row ids (column 0) of the served rows, in serving order."""
+    batches = list(batches)
+    return torch.cat(batches)[:, 0].numpy().astype(np.int64) if batches else np.zeros(0, np.int64)
 
 
 def test_plain_numpy_layout(tmp_path):
@@ -190,3 +192,24 @@ def test_float16_overflow_is_refused(tmp_path):
     with pytest.raises(BitlensError, match="float16 range"):
         writer.add({0: np.array([[1e6, 0.0]], np.float32)}, np.zeros((1, 5), np.int32), cursor=(0, 1),
                    excluded={}, sequences=1)
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory) -> ActivationStore:
+    return ActivationStore(make_store(tmp_path_factory.mktemp("shared") / "s", shard_rows=100))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch_size=st.integers(1, 300), buffer_rows=st.integers(1, 1000), block_rows=st.integers(1, 400),
+       epoch=st.integers(0, 3), val=st.sampled_from([0.0, 0.3]), start=st.integers(0, 5))
+def test_batches_partition_any_configuration(shared_store, batch_size, buffer_rows, block_rows, epoch, val, start):
+    train, _ = shared_store.split(val, seed=epoch)
+    train.buffer_rows, train.block_rows = buffer_rows, block_rows
+    full = ids(train.batches(batch_size, epoch=epoch, seed=2))
+    expected = np.flatnonzero(np.isin(shared_store.meta[:, 0], train.doc_indices))
+    np.testing.assert_array_equal(np.sort(full), expected)  # every train row once, no val row
+    np.testing.assert_array_equal(ids(train.batches(batch_size, epoch=epoch, seed=2, start=start)),
+                                  full[start * batch_size:])
