@@ -116,6 +116,7 @@ def test_split_by_document(store):
     np.testing.assert_array_equal(again.doc_indices, train.doc_indices)
     assert len({tuple(store.split(0.25, seed=s)[1].doc_indices) for s in range(6)}) > 1  # the seed matters
     assert store.split(0.0, seed=0)[1].n_rows == 0
+    assert store.document_ids == [f"d{i}" for i in range(8)]
 
 
 def test_rows_and_meta_aligned(store):

@@ -320,6 +320,11 @@ class ActivationStore:
         table = self.document_table
         return [table[i] for i in np.unique(self._meta[:, 0])]
 
+    @property
+    def document_ids(self) -> list[str]:
+        """Ids (e.g. "sotu/1790_george_washington_n") of the documents that have stored tokens."""
+        return [d["id"] for d in self.documents]
+
     def stats(self, layer: int) -> dict[str, Any]:
         """Normalisation statistics of one layer: mean (list [d]), mean_sq_norm, variance, norms, outliers."""
         return self.manifest["stats"][str(layer)]
