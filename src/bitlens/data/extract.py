@@ -1,0 +1,340 @@
+"""Extract residual-stream activations from a causal LM into an on-disk activation store.
+
+"Layer L" is ``hidden_states[L]`` of a Hugging Face forward pass with ``output_hidden_states=True``: the
+residual stream *entering* decoder block L (layer 0 = token embeddings as the first block sees them,
+layer ``n_layers`` = the model's final output after its last norm). We capture it with a forward
+pre-hook on block L (or a forward hook on the base model for ``n_layers``) and stop the forward pass right
+after the deepest requested layer by raising a private exception, so the later blocks and the LM head
+never run.
+
+Token selection: padding, special tokens the tokenizer adds (BOS) and, by default, position 0 of every
+sequence are not stored. Position 0 is the attention sink: in SmolLM2 its middle-layer norm is ~27,000
+against ~200 elsewhere, and one such row dominates any mean or loss.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Serializable
+from ..io import BitlensError
+from .corpora import Corpus, Document, load_corpus
+from .models import LoadedModel, load_model
+from .store import META_COLUMNS, StoreWriter
+
+# ----------------------------------------------------------------------------------------------- capture
+
+
+class _StopForward(Exception):
+    """Raised by our hook once the deepest requested layer is captured; never escapes this module."""
+
+
+def check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
+    """Sorted unique layers, each in [0, n_layers]; BitlensError otherwise."""
+    if not layers:
+        raise BitlensError("no layers requested")
+    bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+    if bad:
+        raise BitlensError(f"layer {bad[0]} out of range: this model has layers 0..{n_layers} "
+                           f"(0 = embeddings, {n_layers} = final output)")
+    return sorted(set(int(layer) for layer in layers))
+
+
+@torch.no_grad()
+def capture_layers(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Run ``lm`` on a padded batch and return ``{L: hidden_states[L]}``, each ``[B, T, d]`` in the model's
+    dtype on its device, stopping the forward pass after the deepest layer in ``layers``."""
+    layers = check_layers(layers, lm.n_layers)
+    captured: dict[int, torch.Tensor] = {}
+    deepest = layers[-1]
+    handles = []
+
+    def keep(layer: int, hidden: torch.Tensor) -> None:
+        captured[layer] = hidden.detach()
+        if layer == deepest:
+            raise _StopForward
+
+    for layer in layers:
+        if layer < lm.n_layers:
+            # The block's input is hidden_states[layer]; models pass it positionally or by keyword.
+            def pre_hook(_module, args, kwargs, layer=layer):
+                keep(layer, args[0] if args else kwargs["hidden_states"])
+            handles.append(lm.blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+            def post_hook(_module, _args, output, layer=layer):
+                keep(layer, output[0] if isinstance(output, tuple) else output.last_hidden_state)
+            handles.append(lm.model.base_model.register_forward_hook(post_hook))
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [layer for layer in layers if layer not in captured]
+    if missing:
+        raise BitlensError(f"layer {missing[0]} was not reached in {type(lm.model).__name__}'s forward pass")
+    return captured
+
+
+# ----------------------------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class TokenSequence:
+    """One model input: ``tokens`` (prefix specials included) with, per token, its sentence id
+    (-1 for specials) and whether it may be stored. ``doc_pos``/``chunk`` locate it in the plan."""
+
+    doc_pos: int  # position of the document in the extraction order
+    doc_index: int  # index of the document in the corpus
+    chunk: int  # index of this sequence within its document
+    tokens: list[int]
+    sentences: list[int]
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """Token ids the tokenizer puts before the text by default (e.g. BOS); [] if none."""
+    text = "The cat"
+    full = tokenizer(text)["input_ids"]
+    bare = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return list(full[:i])
+    return []
+
+
+def document_sequences(tokenizer, doc: Document, max_seq_len: int, prefix: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Split one document into model inputs of at most ``max_seq_len`` tokens: whole sentences are packed
+    greedily so contexts start at a sentence start; a sentence longer than a sequence is cut.
+    Sentence i > 0 is tokenised with a leading space, as it appears in running text.
+    Returns ``[(tokens, sentence_ids)]`` with the special prefix included (sentence id -1)."""
+    room = max_seq_len - len(prefix)
+    if room < 2:
+        raise BitlensError(f"max sequence length {max_seq_len} is too short")
+    texts = [s if i == 0 else " " + s for i, s in enumerate(doc.sentences)]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out: list[tuple[list[int], list[int]]] = []
+    tokens: list[int] = []
+    sents: list[int] = []
+    for sid, ids in enumerate(encoded):
+        if tokens and len(tokens) + len(ids) > room:
+            out.append((prefix + tokens, [-1] * len(prefix) + sents))
+            tokens, sents = [], []
+        while len(ids) > room:  # an over-long sentence: cut it into full sequences
+            out.append((prefix + ids[:room], [-1] * len(prefix) + [sid] * room))
+            ids = ids[room:]
+        tokens += ids
+        sents += [sid] * len(ids)
+    if tokens:
+        out.append((prefix + tokens, [-1] * len(prefix) + sents))
+    return out
+
+
+def iter_sequences(tokenizer, documents: Sequence[Document], order: Sequence[int], max_seq_len: int,
+                   start: tuple[int, int] = (0, 0)) -> Iterator[TokenSequence]:
+    """All sequences of the documents in ``order`` (corpus indices), starting at ``start`` =
+    (position in order, chunk). Documents before the start are not tokenised."""
+    prefix = special_prefix(tokenizer)
+    doc_pos0, chunk0 = start
+    for doc_pos in range(doc_pos0, len(order)):
+        doc_index = int(order[doc_pos])
+        for chunk, (tokens, sents) in enumerate(document_sequences(tokenizer, documents[doc_index], max_seq_len, prefix)):
+            if doc_pos == doc_pos0 and chunk < chunk0:
+                continue
+            yield TokenSequence(doc_pos, doc_index, chunk, tokens, sents)
+
+
+def pad_batch(seqs: Sequence[TokenSequence], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into ``input_ids`` and ``attention_mask``, both int64 ``[B, T]``."""
+    width = max(len(s.tokens) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s.tokens)] = torch.tensor(s.tokens)
+        mask[i, :len(s.tokens)] = 1
+    return ids, mask
+
+
+def keep_mask_and_meta(seqs: Sequence[TokenSequence], width: int, special_ids: set[int],
+                       exclude_first: bool) -> tuple[torch.Tensor, np.ndarray, dict[str, int]]:
+    """Which positions of the padded batch are stored (bool ``[B, T]``) and their metadata, int32
+    ``[n, 5]`` with columns META_COLUMNS = (doc, chunk, sentence, position, token), in row-major order so
+    it lines up with ``hidden[mask]``. Also counts of excluded tokens by reason."""
+    keep = torch.zeros((len(seqs), width), dtype=torch.bool)
+    rows: list[np.ndarray] = []
+    counts = {"special": 0, "first": 0}
+    for i, s in enumerate(seqs):
+        tokens = np.asarray(s.tokens, dtype=np.int32)
+        sents = np.asarray(s.sentences, dtype=np.int32)
+        ok = (sents >= 0) & ~np.isin(tokens, list(special_ids))
+        counts["special"] += int((~ok).sum())
+        if exclude_first and ok[0]:
+            ok[0] = False
+            counts["first"] += 1
+        pos = np.nonzero(ok)[0]
+        keep[i, :len(tokens)] = torch.from_numpy(ok)
+        rows.append(np.stack([np.full(len(pos), s.doc_index, np.int32), np.full(len(pos), s.chunk, np.int32),
+                              sents[pos], pos.astype(np.int32), tokens[pos]], axis=1))
+    return keep, np.concatenate(rows) if rows else np.zeros((0, len(META_COLUMNS)), np.int32), counts
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers: Sequence[int],
+                     max_seq_len: int = 256, batch_size: int = 16, dtype: str = "float16",
+                     max_tokens: int | None = None, exclude_first: bool = True, shard_rows: int = 65536,
+                     order_seed: int | None = 0, overwrite: bool = False, progress: bool = True,
+                     extra_settings: dict | None = None) -> Path:
+    """Extract ``layers`` for the corpus into the store folder ``out`` and return its path.
+
+    Documents are processed in a seeded random order (``order_seed``; None keeps corpus order), so a
+    ``max_tokens`` budget samples the whole corpus rather than its first documents. A store left
+    unfinished by an interruption with the same settings is resumed from its last committed shard;
+    different settings are refused unless ``overwrite``.
+    """
+    layers = check_layers(layers, lm.n_layers)
+    if max_seq_len < 2 or batch_size < 1 or shard_rows < 1 or (max_tokens is not None and max_tokens < 1):
+        raise BitlensError("max_seq_len must be >= 2 and batch_size, shard_rows, max_tokens >= 1")
+    n_docs = len(corpus.documents)
+    order = (np.random.default_rng(order_seed).permutation(n_docs) if order_seed is not None
+             else np.arange(n_docs))
+    settings = {"model": lm.describe(), "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint,
+                                                    "n_documents": n_docs},
+                "layers": layers, "dtype": dtype, "max_seq_len": max_seq_len, "exclude_first": exclude_first,
+                "order_seed": order_seed, "max_tokens": max_tokens, **(extra_settings or {})}
+    writer = StoreWriter.open(out, settings=settings, layers=layers, dim=lm.d_model, dtype=dtype,
+                              shard_rows=shard_rows, overwrite=overwrite,
+                              documents=lambda: _document_table(corpus, order),
+                              token_texts=lambda: _token_texts(lm.tokenizer))
+    if writer.complete:
+        print(f"store {out} is already complete ({writer.n_tokens} tokens)", file=sys.stderr)
+        return Path(out)
+    special_ids = set(lm.tokenizer.all_special_ids)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    bar = _progress(progress, max_tokens, writer.n_tokens)
+    sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
+    done = max_tokens is not None and writer.n_tokens >= max_tokens  # killed between last shard and finish
+    while not done:
+        batch = _take(sequences, batch_size)
+        if not batch:
+            break
+        ids, mask = pad_batch(batch, pad_id)
+        keep, meta, excluded = keep_mask_and_meta(batch, ids.shape[1], special_ids, exclude_first)
+        hidden = capture_layers(lm, ids, mask, layers)
+        keep_dev = keep.to(lm.device)
+        acts = {layer: h[keep_dev].float().cpu().numpy() for layer, h in hidden.items()}
+        last = batch[-1]
+        cursor = (last.doc_pos, last.chunk + 1)
+        before = writer.n_tokens
+        done = writer.add(acts, meta, cursor=cursor, excluded=excluded,
+                          sequences=len(batch), max_tokens=max_tokens)
+        if bar is not None:
+            bar.update(writer.n_tokens - before)
+            bar.set_postfix(docs=f"{last.doc_pos + 1}/{n_docs}", refresh=False)
+    writer.finish()
+    if bar is not None:
+        bar.close()
+    return Path(out)
+
+
+def _take(it: Iterator[TokenSequence], n: int) -> list[TokenSequence]:
+    out = []
+    for item in it:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out
+
+
+def _document_table(corpus: Corpus, order: np.ndarray) -> list[dict]:
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return [{"index": i, "id": d.id, "order": int(rank[i]), "n_sentences": len(d.sentences), **d.meta}
+            for i, d in enumerate(corpus.documents)]
+
+
+def _token_texts(tokenizer) -> list[str]:
+    """Decoded text of every token id (index = id), e.g. ' the' with its leading space."""
+    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+
+
+def _progress(enabled: bool, max_tokens: int | None, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=max_tokens, initial=initial, unit="tok", unit_scale=True, desc="extract",
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class ExtractConfig(Serializable):
+    """Settings of `bitlens extract`."""
+
+    out: str = "runs/activations"
+    """Activation store folder to write; an unfinished store with the same settings is resumed."""
+    model: str = "embedded"
+    """Causal LM: 'embedded' (SmolLM2-135M-Instruct), a local folder, a .gguf file or a Hugging Face hub id."""
+    gguf_file: str = ""
+    """GGUF file name inside the model folder, for GGUF models given as a folder."""
+    corpus: str = "embedded"
+    """Text: 'embedded' (State of the Union + Moby-Dick), 'sotu', 'moby-dick', a .txt/.md file or folder, a .jsonl file, or a HF dataset name."""
+    text_field: str = "text"
+    """Field holding the text in JSONL records / dataset rows."""
+    layers: list[int] = field(default_factory=list)
+    """Layers to store; layer L is hidden_states[L], the residual stream entering block L (0 = embeddings). Default: the middle layer."""
+    max_tokens: int = 0
+    """Stop after storing this many tokens (0 = the whole corpus)."""
+    max_seq_len: int = 256
+    """Tokens per model input; documents are packed by whole sentences up to this length."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    dtype: str = "float16"
+    """Storage dtype of activations: float16 or float32."""
+    model_dtype: str = "float32"
+    """Dtype the model runs in: float32, bfloat16, float16 or auto."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N or auto."""
+    include_first: bool = False
+    """Also store position 0 of each sequence (excluded by default: its norm is thousands of times larger)."""
+    shard_rows: int = 65536
+    """Tokens per shard file; a shard is the unit of resumption after an interruption."""
+    seed: int = 0
+    """Seed of the document order (documents are processed in a seeded random order)."""
+    overwrite: bool = False
+    """Replace an existing store made with different settings."""
+
+
+def extract_main(cfg: ExtractConfig) -> Path:
+    """Run `bitlens extract`: load the model and corpus, extract, print a one-line summary."""
+    started = time.perf_counter()
+    lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=cfg.device)
+    layers = cfg.layers or [lm.n_layers // 2]
+    check_layers(layers, lm.n_layers)  # fail before loading a large corpus
+    corpus = load_corpus(cfg.corpus, text_field=cfg.text_field)
+    out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
+                           batch_size=cfg.batch_size, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
+                           exclude_first=not cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,
+                           overwrite=cfg.overwrite)
+    from .store import ActivationStore
+
+    store = ActivationStore(out)
+    print(f"wrote {store.n_tokens} tokens x {store.dim} dims, layers {store.layers}, "
+          f"{len(store.documents)} documents to {out} in {time.perf_counter() - started:.1f}s")
+    return out
+
+
+__all__ = ["ExtractConfig", "extract_main", "extract_to_store", "capture_layers", "check_layers",
+           "iter_sequences", "document_sequences", "special_prefix"]
