@@ -135,3 +135,21 @@ def test_ctrl_c_writes_checkpoint_then_resume(tmp_path, act_file):
     assert step >= 50
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged)) and logged[-1] <= step
+
+
+def test_train_on_a_store_splits_by_document(tmp_path, capsys):
+    from test_store import make_store
+
+    store = make_store(tmp_path / "store")
+    out = tmp_path / "run"
+    assert main(["train", "--store", str(store), "--layer", "3", "--out", str(out), "--val-fraction", "0.25",
+                 *FAST]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    inputs = manifest["inputs"]
+    assert inputs["layer"] == 3 and inputs["train_tokens"] + inputs["val_tokens"] == 935
+    assert bitlens.load(out).d_in == 8
+    # resuming on a store continues (mid-epoch) to the new step count
+    assert main(["train", "--store", str(store), "--layer", "3", "--out", str(out), "--resume", "--steps", "50",
+                 "--noprogress"]) == 0
+    assert main(["train", "--store", str(store), "--layer", "7", "--out", str(tmp_path / "r2"), *FAST]) == 2
+    assert "layer 7" in capsys.readouterr().err

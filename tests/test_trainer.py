@@ -59,8 +59,8 @@ def test_interrupt_writes_checkpoint_and_resume_matches(tmp_path, synth8):
     class Interrupting(TensorRows):
         calls = 0
 
-        def batches(self, batch_size, epoch, seed):
-            for b in super().batches(batch_size, epoch, seed):
+        def batches(self, batch_size, epoch, seed, start=0):
+            for b in super().batches(batch_size, epoch, seed, start):
                 Interrupting.calls += 1
                 if Interrupting.calls == 31:
                     raise KeyboardInterrupt

@@ -20,7 +20,7 @@ class RowSource(Protocol):
     n_rows: int
     dim: int
 
-    def batches(self, batch_size: int, epoch: int, seed: int) -> Iterator[torch.Tensor]: ...
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]: ...
 
     def rows(self, limit: int | None = None) -> torch.Tensor: ...
 
@@ -39,12 +39,13 @@ class TensorRows:
         self.n_rows = int(self.index.numel())
         self.dim = int(data.shape[1])
 
-    def batches(self, batch_size: int, epoch: int, seed: int) -> Iterator[torch.Tensor]:
-        """Shuffled full batches covering the rows once (the last incomplete batch is dropped)."""
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Shuffled full batches covering the rows once (the last incomplete batch is dropped); ``start``
+        skips that many batches (for resuming mid-epoch)."""
         order = self.index[torch.randperm(self.n_rows, generator=epoch_generator(seed, epoch))]
         size = min(batch_size, self.n_rows)
-        for start in range(0, self.n_rows - size + 1, size):
-            yield self.data[order[start:start + size]].float()
+        for first in range(start * size, self.n_rows - size + 1, size):
+            yield self.data[order[first:first + size]].float()
 
     def rows(self, limit: int | None = None) -> torch.Tensor:
         """All rows, or the first ``limit`` of them (rows are already in random split order)."""

@@ -138,9 +138,9 @@ class Trainer:
         while True:
             # only full batches, and exactly steps_per_epoch of them, so step -> (epoch, offset) stays exact
             # whatever a source does with its last partial batch
-            batches = (b for b in self.train_rows.batches(self.batch_size, epoch, self.cfg.seed)
+            batches = (b for b in self.train_rows.batches(self.batch_size, epoch, self.cfg.seed, start=offset)
                        if b.shape[0] == self.batch_size)
-            yield from itertools.islice(batches, offset, self.steps_per_epoch)
+            yield from itertools.islice(batches, self.steps_per_epoch - offset)
             epoch, offset = epoch + 1, 0
 
     def _lr(self) -> float:
