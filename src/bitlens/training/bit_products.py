@@ -21,6 +21,20 @@ def _int_mm_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device.type == "cuda" and n > 16 and k % 8 == 0 and p % 8 == 0
 
 
+def _blas_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if it is row- or column-major with a valid leading dimension, else a row-major copy.
+
+    Needed because ``.contiguous()`` keeps degenerate strides on size-1 dims (e.g. (1, 1) for [1, 2]) and the CPU
+    int8 kernel then reads the wrong elements.
+    """
+    rows, cols = t.shape
+    if t.stride(1) == 1 and t.stride(0) >= max(cols, 1):
+        return t
+    if t.stride(0) == 1 and t.stride(1) >= rows and min(rows, cols) > 1:
+        return t
+    return t.new_empty(t.shape).copy_(t)
+
+
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact ``a @ b`` for int8 matrices a [n, k], b [k, p] -> int32 [n, p].
 
@@ -28,7 +42,7 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     available for the device or shape.
     """
     if _int_mm_ok(a, b):
-        return torch._int_mm(a, b)
+        return torch._int_mm(_blas_layout(a), _blas_layout(b))
     return (a.float() @ b.float()).to(torch.int32)
 
 

@@ -48,36 +48,66 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
     return hs
 
 
-def _excess_pairs(h8: torch.Tensor, n: torch.Tensor, b: int) -> torch.Tensor:
-    """T = 2 G_offdiag - R as a sparse COO [m, m] float matrix, from the sparse Gram matrix of the bits."""
-    m = h8.shape[1]
-    hc = _csr(h8)
-    gram = _csr(h8.t()) @ hc  # [m, m] CSR, values = co-occurrence counts (exact small integers)
-    crow, col, g = gram.crow_indices(), gram.col_indices(), gram.values().to(torch.int64)
-    row = torch.repeat_interleave(torch.arange(m, device=h8.device), crow.diff())
-    n64 = n.to(torch.int64)
-    q = b * g - n64[row] * n64[col]
-    t = 2 * g - 1 - torch.sign(q)
-    keep = (t != 0) & (row != col)
-    idx = torch.stack([row[keep], col[keep]])
-    return torch.sparse_coo_tensor(idx, t[keep].float(), (m, m), is_coalesced=True)
+def row_lists(h8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Active columns of each row: (cols [nnz] row-major, offsets [B] into cols, padded [B, Lmax] with sentinel m).
+
+    ``cols``/``offsets`` are embedding_bag's format; ``padded`` is sorted per row (sentinel m last).
+    """
+    b, m = h8.shape
+    idx = h8.nonzero()
+    row, cols = idx[:, 0], idx[:, 1].contiguous()
+    counts = torch.bincount(row, minlength=b)
+    offsets = counts.cumsum(0) - counts
+    width = int(counts.max()) if b else 0
+    padded = torch.full((b, max(width, 1)), m, dtype=torch.int64, device=h8.device)
+    padded[row, torch.arange(row.numel(), device=h8.device) - offsets[row]] = cols
+    return cols, offsets, padded
 
 
-def _csr(bits: torch.Tensor) -> torch.Tensor:
-    """0/1 matrix [r, c] (any dtype) -> float32 CSR with the same pattern."""
-    idx = bits.nonzero()
-    r, c = bits.shape
-    counts = torch.bincount(idx[:, 0], minlength=r)
-    crow = torch.zeros(r + 1, dtype=torch.int64, device=bits.device)
-    crow[1:] = counts.cumsum(0)
-    vals = torch.ones(idx.shape[0], dtype=torch.float32, device=bits.device)
-    return torch.sparse_csr_tensor(crow, idx[:, 1].contiguous(), vals, (r, c))
+def _within_group_pairs(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (s, t), s < t, of positions in a list sorted by ``group`` that share a group. Output-sized work."""
+    size = torch.bincount(group, minlength=n_groups)
+    start = size.cumsum(0) - size
+    pos = torch.arange(group.numel(), device=group.device)
+    partners = size[group] - 1 - (pos - start[group])
+    src = torch.repeat_interleave(pos, partners)
+    first = partners.cumsum(0) - partners
+    dst = src + 1 + (torch.arange(src.numel(), device=group.device) - torch.repeat_interleave(first, partners))
+    return src, dst
 
 
-def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+def repeated_pairs(padded: torch.Tensor, overlap: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit pairs i < j seen together in at least two rows, with their count G_ij >= 2.
+
+    Such a pair lies in the intersection of two rows b < c with overlap K_bc >= 2, and it lies in exactly
+    C(G_ij, 2) of those row pairs; so intersect only those row pairs (sorted lists, searchsorted), pair up the
+    shared units, and count.
+    Args: padded [B, L] sorted row lists (sentinel m); overlap [B, B] row overlaps of the same bits; m units.
+    Returns: i [P], j [P], g [P] (int64).
+    """
+    b_idx, c_idx = torch.triu(overlap >= 2, diagonal=1).nonzero(as_tuple=True)
+    empty = torch.zeros(0, dtype=torch.int64, device=padded.device)
+    if b_idx.numel() == 0:
+        return empty, empty, empty
+    left, right = padded[b_idx], padded[c_idx]  # [R, L]
+    pos = torch.searchsorted(right, left).clamp_max_(right.shape[1] - 1)
+    hit = (right.gather(1, pos) == left) & (left < m)
+    group, slot = hit.nonzero(as_tuple=True)  # grouped by row pair, units ascending within a group
+    units = left[group, slot]
+    src, dst = _within_group_pairs(group, b_idx.numel())
+    keys, pairs_of_rows = torch.unique(units[src] * m + units[dst], return_counts=True)
+    g = ((1 + torch.sqrt(1 + 8 * pairs_of_rows.double())) / 2).round().long()  # C(g, 2) = pairs_of_rows
+    return keys // m, keys % m, g
+
+
+def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor,
+                        padded: torch.Tensor | None = None) -> torch.Tensor:
     """hS for sparse codes through row overlaps and the few excess pairs (see the module docstring).
 
-    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts. Returns int32 [B, m].
+    Units with n_i^2 >= B ("frequent") are handled by a dense Gram block against all units; among the others
+    n_i n_j < B <= B G_ij whenever G_ij >= 1, so their excess is T = 2 (G - 1) on pairs with G >= 2 only.
+    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; padded: ``row_lists(h8)[2]``.
+    Returns int32 [B, m].
     """
     b, m = h8.shape
     if int(l.sum()) == 0:
@@ -87,10 +117,42 @@ def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor) -> t
     hs = count_mm(overlap, h8).mul_(2)  # 2 K h = 2 h G
     hs += h8 * (1 - 2 * n)  # h o (1 - 2n): the diagonal of G and the diag(a) term
     hs.addr_(l, (n > 0).to(torch.int32), alpha=-1)  # - l a^T
-    t = _excess_pairs(h8, n, b)
-    if t._nnz():
-        hs -= torch.sparse.mm(t, ht8.float()).t().to(torch.int32)  # h T = (T h^T)^T, T symmetric
+
+    n64 = n.to(torch.int64)
+    frequent = (n64 * n64 >= b).nonzero().squeeze(1)
+    if frequent.numel():  # T[:, F] exactly from a dense block of the Gram matrix
+        g = int_mm(ht8, h8[:, frequent].contiguous()).long()  # [m, F]
+        q = b * g - n64[:, None] * n64[frequent][None]
+        t = torch.where(g > 0, 2 * g - 1 - torch.sign(q), torch.zeros_like(g))
+        t[frequent, torch.arange(frequent.numel(), device=h8.device)] = 0
+        hf = h8.float()  # exact: integer sums far below 2^24
+        hs[:, frequent] -= (hf @ t.float()).to(torch.int32)
+        t[frequent] = 0  # the mirrored part T[F, rest] = T[rest, F]^T, without counting T[F, F] twice
+        hs -= (hf[:, frequent] @ t.float().t()).to(torch.int32)
+        rare = h8.clone()
+        rare[:, frequent] = 0
+        overlap = overlap - int_mm(h8[:, frequent].contiguous(), ht8[frequent].contiguous())
+        padded = row_lists(rare)[2]
+    elif padded is None:
+        padded = row_lists(h8)[2]
+
+    i, j, g = repeated_pairs(padded, overlap, m)
+    if i.numel():  # hS[:, j] -= T_ij h[:, i] and the mirror, with T = 2 (G - 1), scattered over the rows of i / j
+        _scatter_excess(hs, ht8, torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
     return hs
+
+
+def _scatter_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
+    """hs[b, j] -= t for every pair (i, j, t) and every row b with bit i on (in place)."""
+    cols_of, offsets, _ = row_lists(ht8)  # for unit i: the rows where it is on
+    per_unit = torch.diff(torch.cat([offsets, offsets.new_tensor([cols_of.numel()])]))
+    reps = per_unit[i]
+    pair = torch.repeat_interleave(torch.arange(i.numel(), device=i.device), reps)
+    first = reps.cumsum(0) - reps
+    k = torch.arange(pair.numel(), device=i.device) - first[pair]
+    rows = cols_of[offsets[i][pair] + k]
+    flat = hs.view(-1)
+    flat.index_put_((rows * hs.shape[1] + j[pair],), (-t[pair]).to(torch.int32), accumulate=True)
 
 
 def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
-from .fast_cov import dense_sign_product, penalty_from_sign_product, sparse_sign_product
+from .fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
 
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on (measured with bench/train_step.py)."""
@@ -45,14 +45,6 @@ def choose_path(density: float, path: str = "auto") -> str:
     if path != "auto":
         return path
     return "sparse" if density <= SPARSE_MAX_DENSITY else "dense"
-
-
-def _bags(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column indices of the ones of each row, and each row's offset into them (embedding_bag's format)."""
-    idx = bits.nonzero()
-    offsets = torch.zeros(bits.shape[0], dtype=torch.int64, device=bits.device)
-    offsets[1:] = torch.bincount(idx[:, 0], minlength=bits.shape[0]).cumsum(0)[:-1]
-    return idx[:, 1].contiguous(), offsets
 
 
 def _entropy_grad(p: torch.Tensor) -> torch.Tensor:
@@ -80,9 +72,9 @@ class _DecoderLosses(torch.autograd.Function):
         path = choose_path(float(n.sum()) / max(b * m, 1), spec.path)
 
         if path == "sparse":
-            cols, offsets = _bags(h8)
+            cols, offsets, padded = row_lists(h8)
             recon = F.embedding_bag(cols, w_out.t().contiguous(), offsets, mode="sum") + b_out
-            hs = sparse_sign_product(h8, n, l)
+            hs = sparse_sign_product(h8, n, l, padded)
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
             hs = dense_sign_product(h8, n)
@@ -138,7 +130,7 @@ class _DecoderLosses(torch.autograd.Function):
             grads[1] = -g_err
         if ctx.needs_input_grad[2]:
             if ctx.path == "sparse":  # dW_out^T [m, d]: row j sums g_err over the rows where bit j is on
-                rows, offsets = _bags(h8.t())
+                rows, offsets, _ = row_lists(h8.t())
                 grads[2] = F.embedding_bag(rows, g_err, offsets, mode="sum").t()
             else:
                 grads[2] = g_err.t() @ h8.to(g_err.dtype)
