@@ -106,9 +106,13 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
                "g_err": torch.randn(batch, d, generator=gen), "g_err_t": torch.randn(d, batch, generator=gen),
                "dpre_t": torch.randn(m, batch, generator=gen)}
 
+    def timed(step):
+        model.zero_grad(set_to_none=True)
+        step(model, x, cfg, variance)
+
     runners = {
-        "naive": lambda: grads_of(naive_step, model, x, cfg, variance),
-        "bitlens": lambda: grads_of(bitlens_step, model, x, cfg, variance),
+        "naive": lambda: timed(naive_step),
+        "bitlens": lambda: timed(bitlens_step),
         "floor": lambda: floor_step(tensors),
     }
     times: dict[str, list[float]] = {k: [] for k in runners}

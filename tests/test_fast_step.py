@@ -66,8 +66,8 @@ def test_repeated_pairs_counts_co_occurrences():
     h = _codes(64, 30, 0.2, seed=3, kind="structured")
     h[:, :2] = 0  # no frequent units
     h8 = h.to(torch.int8)
-    padded = fast_cov.row_lists(h8)[2]
-    i, j, g = fast_cov.repeated_pairs(padded, fast_cov.int_mm(h8, h8.t().contiguous()), 30)
+    padded = fast_cov.row_lists(h8).padded
+    i, j, g = fast_cov.repeated_pairs(h8, padded, fast_cov.int_mm(h8, h8.t().contiguous()))
     gram = (h.t() @ h).long()
     want = {(a, c): int(gram[a, c]) for a in range(30) for c in range(a + 1, 30) if gram[a, c] >= 2}
     assert dict(zip(zip(i.tolist(), j.tolist()), g.tolist())) == want

@@ -19,6 +19,8 @@ so everything follows from the integer matrix hS [B, m]. Two exact ways to get i
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .bit_products import count_mm, int_mm
@@ -48,11 +50,21 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
     return hs
 
 
-def row_lists(h8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Active columns of each row: (cols [nnz] row-major, offsets [B] into cols, padded [B, Lmax] with sentinel m).
+class RowLists(NamedTuple):
+    """The ones of a 0/1 matrix [r, c], row by row."""
 
-    ``cols``/``offsets`` are embedding_bag's format; ``padded`` is sorted per row (sentinel m last).
-    """
+    rows: torch.Tensor
+    """[nnz] row of each one (non-decreasing)."""
+    cols: torch.Tensor
+    """[nnz] column of each one, ascending within a row (embedding_bag's ``input``)."""
+    offsets: torch.Tensor
+    """[r] start of each row in ``cols`` (embedding_bag's ``offsets``)."""
+    padded: torch.Tensor
+    """[r, max ones per row] columns, each row sorted and padded with the sentinel c."""
+
+
+def row_lists(h8: torch.Tensor) -> RowLists:
+    """The ones of h8 [r, c] (any dtype, any strides) as row lists."""
     b, m = h8.shape
     idx = h8.nonzero()
     row, cols = idx[:, 0], idx[:, 1].contiguous()
@@ -61,7 +73,7 @@ def row_lists(h8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     width = int(counts.max()) if b else 0
     padded = torch.full((b, max(width, 1)), m, dtype=torch.int64, device=h8.device)
     padded[row, torch.arange(row.numel(), device=h8.device) - offsets[row]] = cols
-    return cols, offsets, padded
+    return RowLists(row, cols, offsets, padded)
 
 
 def _within_group_pairs(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,22 +88,23 @@ def _within_group_pairs(group: torch.Tensor, n_groups: int) -> tuple[torch.Tenso
     return src, dst
 
 
-def repeated_pairs(padded: torch.Tensor, overlap: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
+                   overlap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unit pairs i < j seen together in at least two rows, with their count G_ij >= 2.
 
     Such a pair lies in the intersection of two rows b < c with overlap K_bc >= 2, and it lies in exactly
     C(G_ij, 2) of those row pairs; so intersect only those row pairs (sorted lists, searchsorted), pair up the
     shared units, and count.
-    Args: padded [B, L] sorted row lists (sentinel m); overlap [B, B] row overlaps of the same bits; m units.
+    Args: bits [B, m] int8; padded [B, L] its sorted row lists (sentinel m); overlap [B, B] its row overlaps.
     Returns: i [P], j [P], g [P] (int64).
     """
+    m = bits.shape[1]
     b_idx, c_idx = torch.triu(overlap >= 2, diagonal=1).nonzero(as_tuple=True)
     empty = torch.zeros(0, dtype=torch.int64, device=padded.device)
     if b_idx.numel() == 0:
         return empty, empty, empty
-    left, right = padded[b_idx], padded[c_idx]  # [R, L]
-    pos = torch.searchsorted(right, left).clamp_max_(right.shape[1] - 1)
-    hit = (right.gather(1, pos) == left) & (left < m)
+    left = padded[b_idx]  # [R, L] the units of row b (sentinel m)
+    hit = bits[c_idx[:, None], left.clamp(max=m - 1)].bool() & (left < m)  # ... that are also on in row c
     group, slot = hit.nonzero(as_tuple=True)  # grouped by row pair, units ascending within a group
     units = left[group, slot]
     src, dst = _within_group_pairs(group, b_idx.numel())
@@ -100,13 +113,14 @@ def repeated_pairs(padded: torch.Tensor, overlap: torch.Tensor, m: int) -> tuple
     return keys // m, keys % m, g
 
 
-def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor,
-                        padded: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor, lists: RowLists | None = None,
+                        lists_t: RowLists | None = None) -> torch.Tensor:
     """hS for sparse codes through row overlaps and the few excess pairs (see the module docstring).
 
     Units with n_i^2 >= B ("frequent") are handled by a dense Gram block against all units; among the others
     n_i n_j < B <= B G_ij whenever G_ij >= 1, so their excess is T = 2 (G - 1) on pairs with G >= 2 only.
-    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; padded: ``row_lists(h8)[2]``.
+    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists, lists_t: ``row_lists`` of h8
+    and of h8^T when the caller has them.
     Returns int32 [B, m].
     """
     b, m = h8.shape
@@ -115,7 +129,9 @@ def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor,
     ht8 = h8.t().contiguous()
     overlap = int_mm(h8, ht8)  # K = h h^T [B, B]
     hs = count_mm(overlap, h8).mul_(2)  # 2 K h = 2 h G
-    hs += h8 * (1 - 2 * n)  # h o (1 - 2n): the diagonal of G and the diag(a) term
+    lists = lists or row_lists(h8)
+    # h o (1 - 2n): the diagonal of G and the diag(a) term, added only where h is on
+    hs.view(-1).index_add_(0, lists.rows * m + lists.cols, (1 - 2 * n)[lists.cols])
     hs.addr_(l, (n > 0).to(torch.int32), alpha=-1)  # - l a^T
 
     n64 = n.to(torch.int64)
@@ -132,19 +148,20 @@ def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor,
         rare = h8.clone()
         rare[:, frequent] = 0
         overlap = overlap - int_mm(h8[:, frequent].contiguous(), ht8[frequent].contiguous())
-        padded = row_lists(rare)[2]
-    elif padded is None:
-        padded = row_lists(h8)[2]
+        padded = row_lists(rare).padded
+    else:
+        rare = h8
+        padded = lists.padded
 
-    i, j, g = repeated_pairs(padded, overlap, m)
+    i, j, g = repeated_pairs(rare, padded, overlap)
     if i.numel():  # hS[:, j] -= T_ij h[:, i] and the mirror, with T = 2 (G - 1), scattered over the rows of i / j
-        _scatter_excess(hs, ht8, torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
+        _scatter_excess(hs, lists_t or row_lists(ht8), torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
     return hs
 
 
-def _scatter_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
-    """hs[b, j] -= t for every pair (i, j, t) and every row b with bit i on (in place)."""
-    cols_of, offsets, _ = row_lists(ht8)  # for unit i: the rows where it is on
+def _scatter_excess(hs: torch.Tensor, by_unit: RowLists, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
+    """hs[b, j] -= t for every pair (i, j, t) and every row b with bit i on (in place); by_unit = lists of h^T."""
+    cols_of, offsets = by_unit.cols, by_unit.offsets  # for unit i: the rows where it is on
     per_unit = torch.diff(torch.cat([offsets, offsets.new_tensor([cols_of.numel()])]))
     reps = per_unit[i]
     pair = torch.repeat_interleave(torch.arange(i.numel(), device=i.device), reps)
@@ -155,12 +172,19 @@ def _scatter_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: tor
     flat.index_put_((rows * hs.shape[1] + j[pair],), (-t[pair]).to(torch.int32), accumulate=True)
 
 
-def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor, colsum: torch.Tensor | None = None,
+                              lists: RowLists | None = None) -> torch.Tensor:
     """D = sum_{i != j} |C_ij| from hS, exactly (integer sums), as a float64 scalar.
 
-    Args: hs [B, m] int32; h8 [B, m] int8; n [m] int32.
+    Args: hs [B, m] int32; h8 [B, m] int8; n [m] int32; colsum: hs.sum(0) (int64) if known; lists: row_lists(h8)
+    for sparse bits (then hS is read only where h is on).
     """
-    b = h8.shape[0]
-    on = (hs * h8).sum(dtype=torch.int64)  # sum_b h_b . (hS)_b = sum_ij G_ij S_ij
-    cross = (hs.sum(0, dtype=torch.int64) * n).sum()  # n^T S n
+    b, m = h8.shape
+    if lists is not None:
+        on = hs.view(-1)[lists.rows * m + lists.cols].sum(dtype=torch.int64)
+    else:
+        on = (hs * h8).sum(dtype=torch.int64)  # sum_b h_b . (hS)_b = sum_ij G_ij S_ij
+    if colsum is None:
+        colsum = hs.sum(0, dtype=torch.int64)
+    cross = (colsum * n).sum()  # n^T S n
     return (b * on - cross).double() / (b * (b - 1))

@@ -67,17 +67,19 @@ class _DecoderLosses(torch.autograd.Function):
         b, m = hf.shape
         d = xn.shape[1]
         h8 = hf.to(torch.int8)
-        n = h8.sum(0, dtype=torch.int32)
-        l = h8.sum(1, dtype=torch.int32)
+        n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
+        l = hf.sum(1).to(torch.int32)
         path = choose_path(float(n.sum()) / max(b * m, 1), spec.path)
 
+        lists = lists_t = None
         if path == "sparse":
-            cols, offsets, padded = row_lists(h8)
-            recon = F.embedding_bag(cols, w_out.t().contiguous(), offsets, mode="sum") + b_out
-            hs = sparse_sign_product(h8, n, l, padded)
+            lists, lists_t = row_lists(h8), row_lists(h8.t().contiguous())
+            recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
+            hs = sparse_sign_product(h8, n, l, lists, lists_t)
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
             hs = dense_sign_product(h8, n)
+        colsum = hs.sum(0)  # int64
         err = recon - xn  # [B, d]
         denom = b * spec.variance if spec.preset == "scale_free" else b * d
         recon_term = err.pow(2).sum() / denom
@@ -87,12 +89,13 @@ class _DecoderLosses(torch.autograd.Function):
         entropy_on = not (spec.entropy_threshold > 0 and entropy.item() < spec.entropy_threshold)
         if not entropy_on:
             entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free zero
-        cov = penalty_from_sign_product(hs, h8, n).to(hf.dtype)
+        cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
 
         loss = recon_term + spec.entropy_weight * entropy + spec.cov_weight * cov
         ctx.spec, ctx.path, ctx.entropy_on, ctx.denom = spec, path, entropy_on, denom
         ctx.h_dtype = h.dtype
-        ctx.save_for_backward(h8, err, w_out, hs, p)
+        ctx.lists_t = lists_t
+        ctx.save_for_backward(h8, err, w_out, hs, colsum, p)
         return loss, recon_term, entropy, cov
 
     @staticmethod
@@ -102,7 +105,7 @@ class _DecoderLosses(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, g_loss, g_recon, g_entropy, g_cov):
-        h8, err, w_out, hs, p = ctx.saved_tensors
+        h8, err, w_out, hs, colsum, p = ctx.saved_tensors
         spec = ctx.spec
         b = h8.shape[0]
         zero = err.new_zeros(())
@@ -120,7 +123,7 @@ class _DecoderLosses(torch.autograd.Function):
             row += _entropy_grad(p) * (c_e / b)
         k = 2 * c_c / (b - 1)
         if k:
-            row -= hs.sum(0, dtype=torch.int64).to(row.dtype) * (k / b)
+            row -= colsum.to(row.dtype) * (k / b)
         dh = torch.addmm(row, g_err, w_out)
         if k:
             dh.add_(hs, alpha=k)
@@ -130,10 +133,10 @@ class _DecoderLosses(torch.autograd.Function):
             grads[1] = -g_err
         if ctx.needs_input_grad[2]:
             if ctx.path == "sparse":  # dW_out^T [m, d]: row j sums g_err over the rows where bit j is on
-                rows, offsets, _ = row_lists(h8.t())
-                grads[2] = F.embedding_bag(rows, g_err, offsets, mode="sum").t()
-            else:
-                grads[2] = g_err.t() @ h8.to(g_err.dtype)
+                by_unit = ctx.lists_t
+                grads[2] = F.embedding_bag(by_unit.cols, g_err, by_unit.offsets, mode="sum").t()
+            else:  # computed as (h^T g_err)^T: the column-major layout of the parameter (see BinaryAutoencoder)
+                grads[2] = (h8.t().to(g_err.dtype) @ g_err).t()
         if ctx.needs_input_grad[3]:
             grads[3] = g_err.sum(0)
         return tuple(grads)
