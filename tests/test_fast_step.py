@@ -135,3 +135,18 @@ def test_auto_path_switches_on_density():
     assert fast_step.choose_path(0.01) == "sparse"
     assert fast_step.choose_path(0.5) == "dense"
     assert fast_step.choose_path(0.5, "sparse") == "sparse"
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_fast_step_is_deterministic(monkeypatch, path):
+    """Bit-exact resume needs the same gradients for the same inputs."""
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))
+    with torch.no_grad():
+        model.encoder.bias.add_(-1.0)
+    x = torch.randn(128, 24)
+    runs = [_grads(bae_objective, model, x, LossConfig(), 100) for _ in range(2)]
+    assert torch.equal(runs[0][0].loss, runs[1][0].loss)
+    for k in runs[0][1]:
+        assert torch.equal(runs[0][1][k], runs[1][1][k]), k

@@ -12,9 +12,10 @@ so everything follows from the integer matrix hS [B, m]. Two exact ways to get i
 * dense: the Gram matrix in column blocks, only its lower block triangle (it is symmetric), each block turned into
   signs at once and multiplied back with int8 GEMMs; the d' x d' matrix is never held whole.
 * sparse (trained codes, few bits per row): with R = S + a a^T - diag(a), R_ij = 1 + sign(q_ij) where G_ij > 0 and
-  0 elsewhere, and T = 2 G_offdiag - R (non-zero only for pairs seen together twice or more, or involving a very
-  frequent unit),  hS = h o (1 - 2n) + 2 K h - l a^T - h T  with K = h h^T [B, B] the row overlaps. The two products
-  with K cost B^2 m instead of B m^2 and T is tiny; only the co-occurring pairs are ever touched.
+  0 elsewhere, and T = 2 G_offdiag - R,  hS = h o (1 - 2n) + 2 K h - l a^T - h T  with K = h h^T [B, B] the row
+  overlaps: two int8 products of B^2 m instead of B m^2. T is non-zero only for pairs seen together in two or more
+  rows (found from the row pairs with K_bc >= 2) and for pairs with a frequent unit (n_i^2 >= B; a dense Gram block
+  against all units). Only the active bits and the repeated pairs are ever listed.
 """
 
 from __future__ import annotations
@@ -114,19 +115,19 @@ def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
 
 
 def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor, lists: RowLists | None = None,
-                        lists_t: RowLists | None = None) -> torch.Tensor:
+                        lists_t: RowLists | None = None, ht8: torch.Tensor | None = None) -> torch.Tensor:
     """hS for sparse codes through row overlaps and the few excess pairs (see the module docstring).
 
     Units with n_i^2 >= B ("frequent") are handled by a dense Gram block against all units; among the others
     n_i n_j < B <= B G_ij whenever G_ij >= 1, so their excess is T = 2 (G - 1) on pairs with G >= 2 only.
-    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists, lists_t: ``row_lists`` of h8
-    and of h8^T when the caller has them.
+    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists, lists_t, ht8: ``row_lists`` of
+    h8 and of h8^T, and h8^T contiguous, when the caller has them.
     Returns int32 [B, m].
     """
     b, m = h8.shape
     if int(l.sum()) == 0:
         return torch.zeros(b, m, dtype=torch.int32, device=h8.device)
-    ht8 = h8.t().contiguous()
+    ht8 = h8.t().contiguous() if ht8 is None else ht8
     overlap = int_mm(h8, ht8)  # K = h h^T [B, B]
     hs = count_mm(overlap, h8).mul_(2)  # 2 K h = 2 h G
     lists = lists or row_lists(h8)

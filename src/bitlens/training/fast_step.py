@@ -73,9 +73,10 @@ class _DecoderLosses(torch.autograd.Function):
 
         lists = lists_t = None
         if path == "sparse":
-            lists, lists_t = row_lists(h8), row_lists(h8.t().contiguous())
+            ht8 = h8.t().contiguous()
+            lists, lists_t = row_lists(h8), row_lists(ht8)
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
-            hs = sparse_sign_product(h8, n, l, lists, lists_t)
+            hs = sparse_sign_product(h8, n, l, lists, lists_t, ht8)
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
             hs = dense_sign_product(h8, n)
