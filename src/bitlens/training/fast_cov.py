@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from .bit_products import count_mm, int_mm
 
@@ -105,7 +106,8 @@ def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
     if b_idx.numel() == 0:
         return empty, empty, empty
     left = padded[b_idx]  # [R, L] the units of row b (sentinel m)
-    hit = bits[c_idx[:, None], left.clamp(max=m - 1)].bool() & (left < m)  # ... that are also on in row c
+    table = torch.cat([bits, bits.new_zeros(bits.shape[0], 1)], 1)  # column m is the sentinel's: always off
+    hit = table[c_idx[:, None], left]  # [R, L]: ... that are also on in row c
     group, slot = hit.nonzero(as_tuple=True)  # grouped by row pair, units ascending within a group
     units = left[group, slot]
     src, dst = _within_group_pairs(group, b_idx.numel())
@@ -156,21 +158,22 @@ def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor, list
 
     i, j, g = repeated_pairs(rare, padded, overlap)
     if i.numel():  # hS[:, j] -= T_ij h[:, i] and the mirror, with T = 2 (G - 1), scattered over the rows of i / j
-        _scatter_excess(hs, lists_t or row_lists(ht8), torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
+        _subtract_excess(hs, ht8, torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
     return hs
 
 
-def _scatter_excess(hs: torch.Tensor, by_unit: RowLists, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
-    """hs[b, j] -= t for every pair (i, j, t) and every row b with bit i on (in place); by_unit = lists of h^T."""
-    cols_of, offsets = by_unit.cols, by_unit.offsets  # for unit i: the rows where it is on
-    per_unit = torch.diff(torch.cat([offsets, offsets.new_tensor([cols_of.numel()])]))
-    reps = per_unit[i]
-    pair = torch.repeat_interleave(torch.arange(i.numel(), device=i.device), reps)
-    first = reps.cumsum(0) - reps
-    k = torch.arange(pair.numel(), device=i.device) - first[pair]
-    rows = cols_of[offsets[i][pair] + k]
-    flat = hs.view(-1)
-    flat.index_put_((rows * hs.shape[1] + j[pair],), (-t[pair]).to(torch.int32), accumulate=True)
+def _subtract_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
+    """hs -= h T for the sparse T given as entries (i, j, t), in place.
+
+    Column j of hT is a weighted sum of columns i of h: one ``embedding_bag`` over the rows of h^T, bagged by j.
+    Values are small integers, exact in fp32.
+    """
+    m = ht8.shape[0]
+    order = torch.argsort(j, stable=True)
+    counts = torch.bincount(j, minlength=m)
+    offsets = counts.cumsum(0) - counts
+    ht = F.embedding_bag(i[order], ht8.float(), offsets, mode="sum", per_sample_weights=t[order].float())
+    hs -= ht.t().to(torch.int32)
 
 
 def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor, colsum: torch.Tensor | None = None,
