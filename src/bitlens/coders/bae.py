@@ -64,6 +64,9 @@ class BinaryAutoencoder(nn.Module):
         self.cfg = cfg
         self.encoder = nn.Linear(cfg.d_in, cfg.width, bias=cfg.encoder_bias)
         self.decoder = nn.Linear(cfg.width, cfg.d_in, bias=True)
+        # W_out [d, d'] is stored column-major (strides (1, d)): the training step reads W_out^T row by row (sparse
+        # decoder) and produces dL/dW_out^T, so this layout spares two d x d' transposes per step. Same values.
+        self.decoder.weight = nn.Parameter(self.decoder.weight.detach().t().contiguous().t())
         self.register_buffer("input_scale", torch.ones(()))
 
     @property

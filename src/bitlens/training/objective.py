@@ -10,6 +10,7 @@ from ..coders.bae import BinaryAutoencoder
 from ..coders.step import binarize
 from . import losses
 from .config import LossConfig
+from .fast_step import StepSpec, decoder_losses
 from .schedules import warmup
 
 
@@ -50,7 +51,21 @@ def bae_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, va
 
     For scale_free the terms are computed on x / input_scale, and ``variance`` is E||x/s - mean||^2 of the
     training data; for paper everything is in the raw space and ``variance`` is unused.
+    The decoder and the loss terms run through ``fast_step`` (exact integer covariance, closed-form gradients,
+    sparse decoder for sparse codes); ``reference_objective`` is the same objective composed from ``losses``.
     """
+    xn = x / model.input_scale
+    code = binarize(model.encoder(xn), model.cfg.surrogate, model.cfg.tau)
+    we, wc = term_weights(cfg, model.width, step, total_steps)
+    spec = StepSpec(cfg.preset, float(variance) if cfg.preset == "scale_free" else 1.0, we, wc,
+                    cfg.entropy_threshold)
+    loss, recon, entropy, cov = decoder_losses(code, xn, model.decoder.weight, model.decoder.bias, spec)
+    return LossTerms(loss, recon, entropy, cov, we, wc)
+
+
+def reference_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, variance: float,
+                        step: int, total_steps: int) -> LossTerms:
+    """``bae_objective`` written plainly from ``losses`` and autograd: the ground truth for the fast path."""
     xn = x / model.input_scale
     code = binarize(model.encoder(xn), model.cfg.surrogate, model.cfg.tau)
     recon_n = model.decoder(code)

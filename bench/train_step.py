@@ -1,0 +1,187 @@
+"""Time one BAE training step: a naive reference, the bitlens step, and the step's five dense GEMMs (the floor).
+
+    python bench/train_step.py --json runs/bench/train_step.json
+
+All three run in one process on the same inputs, interleaved round-robin (so background load hits them alike),
+and the median over the timed repetitions after warm-up is reported. A "step" is the objective's forward and
+backward (what the trainer runs before ``opt.step()``); the Adam update is excluded from all three.
+
+* naive: the formulas written plainly (``torch.cov`` for the covariance, dense everything, autograd);
+* bitlens: ``bae_objective(...).loss.backward()``, exactly what the trainer calls;
+* floor: encoder forward, decoder forward, grad w.r.t. the code, decoder weight grad, encoder weight grad as fp32
+  ``torch.mm`` at the step's shapes.
+
+Regimes: ``dense`` (fresh init, about half the bits on) and ``sparse`` (encoder bias set per unit so that about
+``--l0`` bits of d' are on, as in a trained coder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from bitlens.coders.bae import BAEConfig
+from bitlens.coders.step import binarize
+from bitlens.training import fast_step
+from bitlens.training.config import LossConfig
+from bitlens.training.objective import bae_objective, term_weights
+from bitlens.training.trainer import data_variance, init_bae
+
+EPS = 1e-10
+
+
+def naive_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
+    """The objective from the formulas, dense, with autograd (no bitlens loss code)."""
+    xn = x / model.input_scale
+    pre = xn @ model.encoder.weight.t() + model.encoder.bias
+    h = binarize(pre, model.cfg.surrogate, model.cfg.tau)
+    recon = h @ model.decoder.weight.t() + model.decoder.bias
+    if cfg.preset == "scale_free":
+        rec = (xn - recon).pow(2).sum(-1).mean() / variance
+    else:
+        rec = (xn - recon).pow(2).mean()
+    p = h.mean(0)
+    entropy = -(p * torch.log2(p + EPS) + (1 - p) * torch.log2(1 - p + EPS)).sum()
+    if cfg.entropy_threshold > 0 and entropy.item() < cfg.entropy_threshold:
+        entropy = entropy.detach() * 0
+    cov = torch.cov(h.t())
+    penalty = cov.abs().sum() - cov.diagonal().abs().sum()
+    we, wc = term_weights(cfg, model.width, 100, 100)
+    loss = rec + we * entropy + wc * penalty
+    loss.backward()
+    return loss.detach()
+
+
+def bitlens_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
+    terms = bae_objective(model, x, cfg, variance, 100, 100)
+    terms.loss.backward()
+    return terms.loss.detach()
+
+
+def floor_step(t: dict[str, torch.Tensor]) -> None:
+    """The five dense GEMMs of a step at its shapes (fp32)."""
+    torch.mm(t["xn"], t["w_in_t"])  # encoder forward      [B, d] x [d, m]
+    torch.mm(t["h"], t["w_out_t"])  # decoder forward      [B, m] x [m, d]
+    torch.mm(t["g_err"], t["w_out"])  # dL/dh              [B, d] x [d, m]
+    torch.mm(t["g_err_t"], t["h"])  # decoder weight grad  [d, B] x [B, m]
+    torch.mm(t["dpre_t"], t["xn"])  # encoder weight grad  [m, B] x [B, d]
+
+
+def make_case(d: int, batch: int, regime: str, l0: int, seed: int):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, d)
+    cfg = LossConfig()
+    model = init_bae(BAEConfig(d_in=d), x, cfg, seed)
+    if regime == "sparse":  # per-unit bias at the (1 - l0/m) quantile of a fresh sample's pre-activations
+        with torch.no_grad():
+            ref = torch.randn(4096, d) / model.input_scale @ model.encoder.weight.t()
+            model.encoder.bias.copy_(-torch.quantile(ref, 1 - l0 / model.width, dim=0))
+    variance = data_variance(model, x)
+    return model, x, cfg, variance
+
+
+def grads_of(step, model, x, cfg, variance):
+    model.zero_grad(set_to_none=True)
+    loss = step(model, x, cfg, variance)
+    return loss, {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int) -> dict:
+    model, x, cfg, variance = make_case(d, batch, regime, l0_target, seed)
+    m = model.width
+    with torch.no_grad():
+        xn = x / model.input_scale
+        h = (model.encoder(xn) > 0).float()
+    l0 = float(h.sum(1).mean())
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {"xn": xn, "w_in_t": model.encoder.weight.detach().t().contiguous(), "h": h,
+               "w_out_t": model.decoder.weight.detach().t().contiguous(), "w_out": model.decoder.weight.detach(),
+               "g_err": torch.randn(batch, d, generator=gen), "g_err_t": torch.randn(d, batch, generator=gen),
+               "dpre_t": torch.randn(m, batch, generator=gen)}
+
+    def timed(step):
+        model.zero_grad(set_to_none=True)
+        step(model, x, cfg, variance)
+
+    runners = {
+        "naive": lambda: timed(naive_step),
+        "bitlens": lambda: timed(bitlens_step),
+        "floor": lambda: floor_step(tensors),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for rep in range(warmup + repeat):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+    ref_loss, ref_grads = grads_of(naive_step, model, x, cfg, variance)
+    fast_loss, fast_grads = grads_of(bitlens_step, model, x, cfg, variance)
+    err_loss = float((fast_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30))
+    err_grad = max(float((fast_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_grads.items())
+    return {"d": d, "d_prime": m, "batch": batch, "regime": regime, "l0": round(l0, 1),
+            "path": fast_step.choose_path(l0 / m),
+            "naive_ms": round(ms["naive"], 2), "bitlens_ms": round(ms["bitlens"], 2), "floor_ms": round(ms["floor"], 2),
+            "ratio_to_floor": round(ms["bitlens"] / ms["floor"], 3),
+            "naive_ratio_to_floor": round(ms["naive"] / ms["floor"], 3),
+            "speedup_vs_naive": round(ms["naive"] / ms["bitlens"], 2),
+            "max_rel_err_loss": err_loss, "max_rel_err_grad": err_grad}
+
+
+def machine() -> dict:
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                   .stdout.splitlines() if ln.startswith("Model name"))
+    except Exception:  # noqa: BLE001 - informative only
+        cpu = platform.processor()
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--sizes", default="576,2048", help="comma-separated hidden sizes d (d' = 4d)")
+    ap.add_argument("--regimes", default="dense,sparse")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force-path", choices=["dense", "sparse"], help="ablation: one path whatever the density")
+    args = ap.parse_args()
+    if args.force_path:
+        fast_step.SPARSE_MAX_DENSITY = 2.0 if args.force_path == "sparse" else -1.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    l0_for = {576: 32, 2048: 64}
+    info = machine()
+    print(f"# {info['cpu']}, {info['threads']} threads, torch {info['torch']}, batch {args.batch}, fp32, "
+          f"median of {args.repeat} after {args.warmup} warm-up; forward+backward, Adam excluded")
+    header = (f"{'d':>5} {'d_prime':>7} {'regime':>6} {'l0':>7} {'path':>6} {'naive_ms':>9} {'bitlens_ms':>10} "
+              f"{'floor_ms':>9} {'ratio':>6} {'speedup':>7} {'err_loss':>9} {'err_grad':>9}")
+    print(header)
+    rows = []
+    for d in (int(s) for s in args.sizes.split(",")):
+        for regime in args.regimes.split(","):
+            r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat, args.seed)
+            rows.append(r)
+            print(f"{r['d']:>5} {r['d_prime']:>7} {regime:>6} {r['l0']:>7} {r['path']:>6} {r['naive_ms']:>9.1f} "
+                  f"{r['bitlens_ms']:>10.1f} {r['floor_ms']:>9.1f} {r['ratio_to_floor']:>6.2f} "
+                  f"{r['speedup_vs_naive']:>7.2f} {r['max_rel_err_loss']:>9.1e} {r['max_rel_err_grad']:>9.1e}",
+                  flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

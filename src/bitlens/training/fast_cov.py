@@ -1,0 +1,194 @@
+"""The covariance penalty of binary codes and its gradient, exactly, without the d' x d' float covariance.
+
+Notation: h [B, m] bits, n = 1^T h [m] unit counts, l = h 1 [B] row popcounts, a = 1[n > 0] active units,
+G = h^T h [m, m] co-occurrence counts. The unbiased covariance is C = q / (B (B - 1)) with the *integer* matrix
+q = B G - n n^T, so its signs are exact: S = sign(q) with a zero diagonal. Then
+
+    D      = sum_{i != j} |C_ij| = sum_bj (hS)_bj (B h_bj - n_j) / (B (B - 1))       (q_ij S_ij = |q_ij|)
+    dD/dh  = 2 / (B - 1) * (hS - 1 colmean(hS))                                       (autograd of the reference)
+
+so everything follows from the integer matrix hS [B, m]. Two exact ways to get it:
+
+* dense: the Gram matrix in column blocks, only its lower block triangle (it is symmetric), each block turned into
+  signs at once and multiplied back with int8 GEMMs; the d' x d' matrix is never held whole.
+* sparse (trained codes, few bits per row): with R = S + a a^T - diag(a), R_ij = 1 + sign(q_ij) where G_ij > 0 and
+  0 elsewhere, and T = 2 G_offdiag - R,  hS = h o (1 - 2n) + 2 K h - l a^T - h T  with K = h h^T [B, B] the row
+  overlaps: two int8 products of B^2 m instead of B m^2. T is non-zero only for pairs seen together in two or more
+  rows (found from the row pairs with K_bc >= 2) and for pairs with a frequent unit (n_i^2 >= B; a dense Gram block
+  against all units). Only the active bits and the repeated pairs are ever listed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .bit_products import count_mm, int_mm
+
+DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
+
+
+def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLOCK) -> torch.Tensor:
+    """hS for any codes, via the lower block triangle of the Gram matrix.
+
+    Args: h8 [B, m] int8 bits; n [m] int32 counts. Returns int32 [B, m].
+    """
+    b, m = h8.shape
+    wide = torch.int64 if b * b >= 2 ** 31 else torch.int32  # q = B G - n n^T must not overflow
+    ht8 = h8.t().contiguous()  # [m, B]: row access for the Gram's left factor
+    nq = n.to(wide)
+    hs = torch.zeros(b, m, dtype=torch.int32, device=h8.device)
+    for j0 in range(0, m, block):
+        j1 = min(j0 + block, m)
+        q = int_mm(ht8[j0:], h8[:, j0:j1]).to(wide)  # G[j0:, J]: this column block, rows on/below the diagonal
+        q.addr_(nq[j0:], nq[j0:j1], beta=b, alpha=-1)  # q = B G - n n^T, in place
+        q[: j1 - j0].fill_diagonal_(0)
+        s = q.clamp_(-1, 1).to(torch.int8)  # S[j0:, J]
+        hs[:, j0:j1] += int_mm(h8[:, j0:], s)
+        if j1 < m:  # the mirrored upper block S[J, j1:] = S[j1:, J]^T
+            hs[:, j1:] += int_mm(h8[:, j0:j1], s[j1 - j0:].t())
+    return hs
+
+
+class RowLists(NamedTuple):
+    """The ones of a 0/1 matrix [r, c], row by row."""
+
+    rows: torch.Tensor
+    """[nnz] row of each one (non-decreasing)."""
+    cols: torch.Tensor
+    """[nnz] column of each one, ascending within a row (embedding_bag's ``input``)."""
+    offsets: torch.Tensor
+    """[r] start of each row in ``cols`` (embedding_bag's ``offsets``)."""
+    padded: torch.Tensor
+    """[r, max ones per row] columns, each row sorted and padded with the sentinel c."""
+
+
+def row_lists(h8: torch.Tensor) -> RowLists:
+    """The ones of h8 [r, c] (any dtype, any strides) as row lists."""
+    b, m = h8.shape
+    idx = h8.nonzero()
+    row, cols = idx[:, 0], idx[:, 1].contiguous()
+    counts = torch.bincount(row, minlength=b)
+    offsets = counts.cumsum(0) - counts
+    width = int(counts.max()) if b else 0
+    padded = torch.full((b, max(width, 1)), m, dtype=torch.int64, device=h8.device)
+    padded[row, torch.arange(row.numel(), device=h8.device) - offsets[row]] = cols
+    return RowLists(row, cols, offsets, padded)
+
+
+def _within_group_pairs(group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (s, t), s < t, of positions in a list sorted by ``group`` that share a group. Output-sized work."""
+    size = torch.bincount(group, minlength=n_groups)
+    start = size.cumsum(0) - size
+    pos = torch.arange(group.numel(), device=group.device)
+    partners = size[group] - 1 - (pos - start[group])
+    src = torch.repeat_interleave(pos, partners)
+    first = partners.cumsum(0) - partners
+    dst = src + 1 + (torch.arange(src.numel(), device=group.device) - torch.repeat_interleave(first, partners))
+    return src, dst
+
+
+def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
+                   overlap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit pairs i < j seen together in at least two rows, with their count G_ij >= 2.
+
+    Such a pair lies in the intersection of two rows b < c with overlap K_bc >= 2, and it lies in exactly
+    C(G_ij, 2) of those row pairs; so intersect only those row pairs (sorted lists, searchsorted), pair up the
+    shared units, and count.
+    Args: bits [B, m] int8; padded [B, L] its sorted row lists (sentinel m); overlap [B, B] its row overlaps.
+    Returns: i [P], j [P], g [P] (int64).
+    """
+    m = bits.shape[1]
+    b_idx, c_idx = torch.triu(overlap >= 2, diagonal=1).nonzero(as_tuple=True)
+    empty = torch.zeros(0, dtype=torch.int64, device=padded.device)
+    if b_idx.numel() == 0:
+        return empty, empty, empty
+    left = padded[b_idx]  # [R, L] the units of row b (sentinel m)
+    table = torch.cat([bits, bits.new_zeros(bits.shape[0], 1)], 1)  # column m is the sentinel's: always off
+    hit = table[c_idx[:, None], left]  # [R, L]: ... that are also on in row c
+    group, slot = hit.nonzero(as_tuple=True)  # grouped by row pair, units ascending within a group
+    units = left[group, slot]
+    src, dst = _within_group_pairs(group, b_idx.numel())
+    keys, pairs_of_rows = torch.unique(units[src] * m + units[dst], return_counts=True)
+    g = ((1 + torch.sqrt(1 + 8 * pairs_of_rows.double())) / 2).round().long()  # C(g, 2) = pairs_of_rows
+    return keys // m, keys % m, g
+
+
+def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor, lists: RowLists | None = None,
+                        lists_t: RowLists | None = None, ht8: torch.Tensor | None = None) -> torch.Tensor:
+    """hS for sparse codes through row overlaps and the few excess pairs (see the module docstring).
+
+    Units with n_i^2 >= B ("frequent") are handled by a dense Gram block against all units; among the others
+    n_i n_j < B <= B G_ij whenever G_ij >= 1, so their excess is T = 2 (G - 1) on pairs with G >= 2 only.
+    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists, lists_t, ht8: ``row_lists`` of
+    h8 and of h8^T, and h8^T contiguous, when the caller has them.
+    Returns int32 [B, m].
+    """
+    b, m = h8.shape
+    if int(l.sum()) == 0:
+        return torch.zeros(b, m, dtype=torch.int32, device=h8.device)
+    ht8 = h8.t().contiguous() if ht8 is None else ht8
+    overlap = int_mm(h8, ht8)  # K = h h^T [B, B]
+    hs = count_mm(overlap, h8).mul_(2)  # 2 K h = 2 h G
+    lists = lists or row_lists(h8)
+    # h o (1 - 2n): the diagonal of G and the diag(a) term, added only where h is on
+    hs.view(-1).index_add_(0, lists.rows * m + lists.cols, (1 - 2 * n)[lists.cols])
+    hs.addr_(l, (n > 0).to(torch.int32), alpha=-1)  # - l a^T
+
+    n64 = n.to(torch.int64)
+    frequent = (n64 * n64 >= b).nonzero().squeeze(1)
+    if frequent.numel():  # T[:, F] exactly from a dense block of the Gram matrix
+        g = int_mm(ht8, h8[:, frequent].contiguous()).long()  # [m, F]
+        q = b * g - n64[:, None] * n64[frequent][None]
+        t = torch.where(g > 0, 2 * g - 1 - torch.sign(q), torch.zeros_like(g))
+        t[frequent, torch.arange(frequent.numel(), device=h8.device)] = 0
+        hf = h8.float()  # exact: integer sums far below 2^24
+        hs[:, frequent] -= (hf @ t.float()).to(torch.int32)
+        t[frequent] = 0  # the mirrored part T[F, rest] = T[rest, F]^T, without counting T[F, F] twice
+        hs -= (hf[:, frequent] @ t.float().t()).to(torch.int32)
+        rare = h8.clone()
+        rare[:, frequent] = 0
+        overlap = overlap - int_mm(h8[:, frequent].contiguous(), ht8[frequent].contiguous())
+        padded = row_lists(rare).padded
+    else:
+        rare = h8
+        padded = lists.padded
+
+    i, j, g = repeated_pairs(rare, padded, overlap)
+    if i.numel():  # hS[:, j] -= T_ij h[:, i] and the mirror, with T = 2 (G - 1), scattered over the rows of i / j
+        _subtract_excess(hs, ht8, torch.cat([i, j]), torch.cat([j, i]), (2 * (g - 1)).repeat(2))
+    return hs
+
+
+def _subtract_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: torch.Tensor, t: torch.Tensor) -> None:
+    """hs -= h T for the sparse T given as entries (i, j, t), in place.
+
+    Column j of hT is a weighted sum of columns i of h: one ``embedding_bag`` over the rows of h^T, bagged by j.
+    Values are small integers, exact in fp32.
+    """
+    m = ht8.shape[0]
+    order = torch.argsort(j, stable=True)
+    counts = torch.bincount(j, minlength=m)
+    offsets = counts.cumsum(0) - counts
+    ht = F.embedding_bag(i[order], ht8.float(), offsets, mode="sum", per_sample_weights=t[order].float())
+    hs -= ht.t().to(torch.int32)
+
+
+def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor, colsum: torch.Tensor | None = None,
+                              lists: RowLists | None = None) -> torch.Tensor:
+    """D = sum_{i != j} |C_ij| from hS, exactly (integer sums), as a float64 scalar.
+
+    Args: hs [B, m] int32; h8 [B, m] int8; n [m] int32; colsum: hs.sum(0) (int64) if known; lists: row_lists(h8)
+    for sparse bits (then hS is read only where h is on).
+    """
+    b, m = h8.shape
+    if lists is not None:
+        on = hs.view(-1)[lists.rows * m + lists.cols].sum(dtype=torch.int64)
+    else:
+        on = (hs * h8).sum(dtype=torch.int64)  # sum_b h_b . (hS)_b = sum_ij G_ij S_ij
+    if colsum is None:
+        colsum = hs.sum(0, dtype=torch.int64)
+    cross = (colsum * n).sum()  # n^T S n
+    return (b * on - cross).double() / (b * (b - 1))

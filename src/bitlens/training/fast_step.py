@@ -1,0 +1,157 @@
+"""The BAE loss after the step function, as one autograd Function with closed-form gradients.
+
+``decoder_losses(h, xn, W_out, b_out, ...)`` returns the same (loss, recon, entropy, covariance) as composing
+``losses.py`` by autograd, to float rounding, but
+
+* the covariance penalty and its gradient come from exact integer products of the bits (``fast_cov``): no d' x d'
+  float covariance, no abs/sign passes over it, no autograd graph through it;
+* the entropy gradient is a row vector, folded into the GEMM that forms dL/dh (``addmm``);
+* for sparse codes the decoder forward and its weight gradient touch only the active bits (``embedding_bag``),
+  and the covariance uses row overlaps instead of the Gram matrix. Which path runs is decided per batch from the
+  measured density (``SPARSE_MAX_DENSITY``).
+
+Everything is device-agnostic (CPU int8 GEMMs; on CUDA the same calls, with a float fallback where the int8 kernel
+does not take the shape). Under autocast the encoder may run in bf16: the bits are exact in any dtype and this
+Function computes in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import losses
+from .fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
+
+SPARSE_MAX_DENSITY = 0.04
+"""Use the sparse path when at most this fraction of the bits is on (measured with bench/train_step.py)."""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Constants of one evaluation of the objective."""
+
+    preset: str  # "scale_free": squared error per vector / variance; "paper": per-element MSE
+    variance: float
+    entropy_weight: float
+    cov_weight: float
+    entropy_threshold: float = 0.0
+    path: str = "auto"  # auto | dense | sparse
+
+
+def choose_path(density: float, path: str = "auto") -> str:
+    if path != "auto":
+        return path
+    return "sparse" if density <= SPARSE_MAX_DENSITY else "dense"
+
+
+def _entropy_grad(p: torch.Tensor) -> torch.Tensor:
+    """d/dp of sum_j H_b(p_j), by autograd on the reference formula ([m] work, so exactly its semantics)."""
+    with torch.enable_grad():
+        leaf = p.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(losses.binary_entropy(leaf).sum(), leaf)
+    return grad
+
+
+class _DecoderLosses(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, xn, w_out, b_out, spec: StepSpec):
+        with torch.autocast(h.device.type, enabled=False):  # fp32 here whatever the caller's autocast
+            return _DecoderLosses._forward(ctx, h, xn, w_out.float(), b_out.float(), spec)
+
+    @staticmethod
+    def _forward(ctx, h, xn, w_out, b_out, spec: StepSpec):
+        hf = h.float()
+        b, m = hf.shape
+        d = xn.shape[1]
+        h8 = hf.to(torch.int8)
+        n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
+        l = hf.sum(1).to(torch.int32)
+        path = choose_path(float(n.sum()) / max(b * m, 1), spec.path)
+
+        lists = lists_t = None
+        if path == "sparse":
+            ht8 = h8.t().contiguous()
+            lists, lists_t = row_lists(h8), row_lists(ht8)
+            recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
+            hs = sparse_sign_product(h8, n, l, lists, lists_t, ht8)
+        else:
+            recon = torch.addmm(b_out, hf, w_out.t())
+            hs = dense_sign_product(h8, n)
+        colsum = hs.sum(0)  # int64
+        err = recon - xn  # [B, d]
+        denom = b * spec.variance if spec.preset == "scale_free" else b * d
+        recon_term = err.pow(2).sum() / denom
+
+        p = n.float() / b
+        entropy = losses.binary_entropy(p).sum()
+        entropy_on = not (spec.entropy_threshold > 0 and entropy.item() < spec.entropy_threshold)
+        if not entropy_on:
+            entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free zero
+        cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
+
+        loss = recon_term + spec.entropy_weight * entropy + spec.cov_weight * cov
+        ctx.spec, ctx.path, ctx.entropy_on, ctx.denom = spec, path, entropy_on, denom
+        ctx.h_dtype = h.dtype
+        ctx.lists_t = lists_t
+        ctx.save_for_backward(h8, err, w_out, hs, colsum, p)
+        return loss, recon_term, entropy, cov
+
+    @staticmethod
+    def backward(ctx, g_loss, g_recon, g_entropy, g_cov):
+        with torch.autocast(g_loss.device.type if g_loss is not None else "cpu", enabled=False):
+            return _DecoderLosses._backward(ctx, g_loss, g_recon, g_entropy, g_cov)
+
+    @staticmethod
+    def _backward(ctx, g_loss, g_recon, g_entropy, g_cov):
+        h8, err, w_out, hs, colsum, p = ctx.saved_tensors
+        spec = ctx.spec
+        b = h8.shape[0]
+        zero = err.new_zeros(())
+        g_loss, g_recon, g_entropy, g_cov = (zero if g is None else g for g in (g_loss, g_recon, g_entropy, g_cov))
+        # one host sync for the three coefficients, so zero weights (warm-up) skip their work
+        c_r, c_e, c_c = torch.stack([g_loss + g_recon, g_loss * spec.entropy_weight + g_entropy,
+                                     g_loss * spec.cov_weight + g_cov]).tolist()
+        if not ctx.entropy_on:
+            c_e = 0.0
+
+        g_err = err * (2 * c_r / ctx.denom)  # dL/d recon [B, d]
+        # dL/dh = g_err W_out + (row vector: entropy term and the covariance's column-mean correction) + k hS
+        row = torch.zeros_like(p)
+        if c_e:
+            row += _entropy_grad(p) * (c_e / b)
+        k = 2 * c_c / (b - 1)
+        if k:
+            row -= colsum.to(row.dtype) * (k / b)
+        dh = torch.addmm(row, g_err, w_out)
+        if k:
+            dh.add_(hs, alpha=k)
+
+        grads = [dh.to(ctx.h_dtype), None, None, None, None]
+        if ctx.needs_input_grad[1]:
+            grads[1] = -g_err
+        if ctx.needs_input_grad[2]:
+            if ctx.path == "sparse":  # dW_out^T [m, d]: row j sums g_err over the rows where bit j is on
+                by_unit = ctx.lists_t
+                grads[2] = F.embedding_bag(by_unit.cols, g_err, by_unit.offsets, mode="sum").t()
+            else:  # computed as (h^T g_err)^T: the column-major layout of the parameter (see BinaryAutoencoder)
+                grads[2] = (h8.t().to(g_err.dtype) @ g_err).t()
+        if ctx.needs_input_grad[3]:
+            grads[3] = g_err.sum(0)
+        return tuple(grads)
+
+
+def decoder_losses(h: torch.Tensor, xn: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
+                   spec: StepSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, recon, entropy, covariance) of codes h [B, m] (0/1, carrying the surrogate gradient).
+
+    Args:
+        h: [B, m] bits from ``binarize``; xn: [B, d] normalised inputs (the reconstruction target);
+        w_out: [d, m] decoder weight; b_out: [d] decoder bias; spec: weights and options.
+    Returns: four scalars, as ``losses`` composes them (recon = normalized_mse or mse by preset).
+    """
+    if h.shape[0] < 2:
+        raise ValueError("the covariance penalty needs a batch of at least 2")
+    return _DecoderLosses.apply(h, xn.float(), w_out, b_out, spec)

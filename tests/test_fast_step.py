@@ -1,0 +1,152 @@
+"""The fast BAE step must give the reference (losses.py + autograd) loss and gradients, on every path."""
+
+import itertools
+
+import pytest
+import torch
+
+from bitlens.coders.bae import BAEConfig, BinaryAutoencoder
+from bitlens.training import fast_cov, fast_step, losses
+from bitlens.training.config import LossConfig
+from bitlens.training.objective import bae_objective, reference_objective
+
+# Batch sizes are powers of two or prime: then a covariance that is exactly 0 is also exactly 0 in the float
+# reference (B * mean is exact), so the reference's sign(0) = 0 is well defined and comparable.
+BATCHES = (2, 7, 64)
+
+
+def _codes(b: int, m: int, density: float, seed: int, kind: str = "random") -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "off":
+        return torch.zeros(b, m)
+    if kind == "on":
+        return torch.ones(b, m)
+    h = (torch.rand(b, m, generator=gen) < density).float()
+    if kind == "structured":  # duplicated rows, a frequent unit, a constant-on and a dead unit
+        h[1::3] = h[0]
+        h[:, 0] = (torch.rand(b, generator=gen) < 0.7).float()
+        h[:, 1] = 1.0
+        h[:, 2] = 0.0
+    return h
+
+
+def _reference_cov(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = h.double().requires_grad_(True)
+    d = losses.covariance_penalty(codes)
+    (g,) = torch.autograd.grad(d, codes)
+    return d.detach(), g
+
+
+def _fast_cov(h: torch.Tensor, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    h8 = h.to(torch.int8)
+    n, l = h8.sum(0, dtype=torch.int32), h8.sum(1, dtype=torch.int32)
+    hs = fast_cov.dense_sign_product(h8, n, block=5) if path == "dense" else fast_cov.sparse_sign_product(h8, n, l)
+    d = fast_cov.penalty_from_sign_product(hs, h8, n)
+    b = h.shape[0]
+    hsd = hs.double()
+    return d, 2 / (b - 1) * (hsd - hsd.mean(0))
+
+
+CASES = [(b, m, dens, kind) for b in BATCHES for m in (1, 3, 17, 40) for dens in (0.05, 0.3, 0.9)
+         for kind in ("random", "structured") if not (kind == "structured" and m < 3)]
+CASES += [(b, m, 0.0, kind) for b in BATCHES for m in (1, 9) for kind in ("off", "on")]
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("b,m,density,kind", CASES)
+def test_covariance_paths_equal_reference(path, b, m, density, kind):
+    h = _codes(b, m, density, seed=b * 1000 + m, kind=kind)
+    d_ref, g_ref = _reference_cov(h)
+    d, g = _fast_cov(h, path)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_repeated_pairs_counts_co_occurrences():
+    h = _codes(64, 30, 0.2, seed=3, kind="structured")
+    h[:, :2] = 0  # no frequent units
+    h8 = h.to(torch.int8)
+    padded = fast_cov.row_lists(h8).padded
+    i, j, g = fast_cov.repeated_pairs(h8, padded, fast_cov.int_mm(h8, h8.t().contiguous()))
+    gram = (h.t() @ h).long()
+    want = {(a, c): int(gram[a, c]) for a in range(30) for c in range(a + 1, 30) if gram[a, c] >= 2}
+    assert dict(zip(zip(i.tolist(), j.tolist()), g.tolist())) == want
+
+
+def _grads(objective, model, x, cfg, step):
+    model.zero_grad(set_to_none=True)
+    terms = objective(model, x, cfg, 2.5, step, 100)
+    terms.loss.backward()
+    return terms, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float(a.norm())
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("surrogate", ["identity", "sigmoid", "paper", "official"])
+@pytest.mark.parametrize("preset", ["scale_free", "paper"])
+def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
+                                                           [0.0, 3.0, 1e6], [0, 50]):
+        torch.manual_seed(b + d)
+        model = BinaryAutoencoder(BAEConfig(d_in=d, surrogate=surrogate, tau=0.5))
+        with torch.no_grad():
+            model.encoder.bias.add_(bias)
+        x = torch.randn(b, d) * 3
+        model.fit_input_scale(x)
+        # weights well above the defaults (so every term matters) but not so large that the covariance gradient,
+        # whose batch sum is 0, swamps the bias gradient in float cancellation (then the fp32 reference itself errs)
+        weights = dict(entropy_weight=10.0, cov_weight=1000.0) if preset == "scale_free" else \
+            dict(entropy_weight=1e-3, cov_weight=1e-3)
+        cfg = LossConfig(preset=preset, entropy_threshold=threshold, **weights)
+        ref, g_ref = _grads(reference_objective, model, x, cfg, step)
+        out, g = _grads(bae_objective, model, x, cfg, step)
+        for name in ("loss", "recon", "entropy", "covariance"):
+            r, f = getattr(ref, name).detach(), getattr(out, name).detach()
+            assert abs(float(f - r)) <= 1e-5 * max(abs(float(r)), 1e-6), (name, float(f), float(r))
+        assert (out.entropy_weight, out.cov_weight) == (ref.entropy_weight, ref.cov_weight)
+        for k in g_ref:
+            assert _rel(g[k], g_ref[k]) <= 1e-4, (k, _rel(g[k], g_ref[k]), b, bias, threshold, step)
+
+
+@pytest.mark.parametrize("kind", ["off", "on"])
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_all_bits_off_or_on(monkeypatch, kind, path):
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    for b in (2, 16):
+        torch.manual_seed(b)
+        model = BinaryAutoencoder(BAEConfig(d_in=6, surrogate="sigmoid"))
+        with torch.no_grad():
+            model.encoder.bias.fill_(-1e4 if kind == "off" else 1e4)
+        x = torch.randn(b, 6)
+        cfg = LossConfig(cov_weight=10.0)
+        ref, g_ref = _grads(reference_objective, model, x, cfg, 100)
+        out, g = _grads(bae_objective, model, x, cfg, 100)
+        torch.testing.assert_close(out.loss.detach(), ref.loss.detach(), rtol=1e-5, atol=0)
+        assert float(out.covariance) == 0
+        for k in g_ref:
+            torch.testing.assert_close(g[k], g_ref[k], rtol=1e-4, atol=1e-7)
+
+
+def test_auto_path_switches_on_density():
+    assert fast_step.choose_path(0.01) == "sparse"
+    assert fast_step.choose_path(0.5) == "dense"
+    assert fast_step.choose_path(0.5, "sparse") == "sparse"
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_fast_step_is_deterministic(monkeypatch, path):
+    """Bit-exact resume needs the same gradients for the same inputs."""
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))
+    with torch.no_grad():
+        model.encoder.bias.add_(-1.0)
+    x = torch.randn(128, 24)
+    runs = [_grads(bae_objective, model, x, LossConfig(), 100) for _ in range(2)]
+    assert torch.equal(runs[0][0].loss, runs[1][0].loss)
+    for k in runs[0][1]:
+        assert torch.equal(runs[0][1][k], runs[1][1][k]), k
