@@ -9,7 +9,7 @@
    To keep it affordable on 2 cores these use ``--rss-layer`` (default 3): the memory held by the
    extractor (model, one shard buffer, statistics) does not depend on the layer depth, only the time does.
 
-Usage: python bench/extract.py [--tokens 16384] [--layer 15] [--json bench/results/extract.json]
+Usage: python bench/extract.py [--tokens 16384] [--layer 15] [--json runs/bench/extract.json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-tokens", type=int, nargs="*", default=[100_000, 400_000])
     parser.add_argument("--rss-layer", type=int, default=3)
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "extract.json"))
+    parser.add_argument("--json", default=str(ROOT / "runs" / "bench" / "extract.json"))
     args = parser.parse_args()
 
     lm, corpus = load_model("embedded"), load_corpus("embedded")

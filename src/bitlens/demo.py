@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.entropy import estimate_entropy
-from .analysis.features import frequent_features, show_token
+from .analysis.features import firing_rates, frequent_features, show_token
 from .config import Serializable
 from .io import write_json
 from .training.config import LossConfig, TrainConfig
@@ -73,12 +73,14 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
     meta = val_rows.meta(cfg.eval_tokens, seed=cfg.seed)
     codes = encode_all(model, rows)
     entropy = estimate_entropy(codes)
+    rates = firing_rates(codes)
     summary = {
         "n_tokens": store.n_tokens, "n_train_tokens": train_rows.n_rows, "n_eval_tokens": int(rows.shape[0]),
         "layer": layer, "d": store.dim, "d_prime": model.width,
         "fvu": stats["fvu"], "cosine": stats["cosine"], "mse": stats["mse"],
         "entropy_bits": entropy.marginal_bits, "entropy_bits_corrected": entropy.marginal_bits_corrected,
         "l0": stats["l0"], "dead": stats["dead"], "constant_on": stats["constant_on"], "dense": stats["dense"],
+        "near_constant_on": int(((rates >= 0.99) & (rates < 1)).sum()),
         "top_features": frequent_features(codes, meta.text, cfg.top),
         "seconds": time.perf_counter() - started,
     }
@@ -91,8 +93,9 @@ def report(s: dict[str, Any]) -> str:
     lines = [
         f"layer {s['layer']}: {s['n_tokens']} tokens extracted, BAE d={s['d']} -> d'={s['d_prime']}",
         f"FVU {s['fvu']:.3f}   cosine {s['cosine']:.3f}   entropy {s['entropy_bits']:.1f} bits   L0 {s['l0']:.1f}",
-        f"units: {s['dead']} dead, {s['constant_on']} constant-on, {s['dense']} dense (0.1 < f < 1)",
-        f"most frequent non-constant features (rate, then top tokens as token:count):",
+        f"units: {s['dead']} dead, {s['constant_on']} constant-on, {s['dense']} dense (0.1 < f < 1), "
+        f"{s['near_constant_on']} near-constant-on (0.99 <= f < 1)",
+        "most frequent features with f < 0.99 (rate, then top tokens as token:count):",
     ]
     for feat in s["top_features"]:
         tokens = "  ".join(f"{show_token(t['token'])}:{t['count']}" for t in feat["top_tokens"][:6])

@@ -23,10 +23,13 @@ def top_tokens(codes: torch.Tensor, token_text: Sequence[str], unit: int, k: int
     return [{"token": tok, "count": n, "fraction_of_token": n / total[tok]} for tok, n in on.most_common(k)]
 
 
-def frequent_features(codes: torch.Tensor, token_text: Sequence[str], n: int = 20, k: int = 8) -> list[dict[str, Any]]:
-    """The ``n`` most frequently firing units that are not constant (0 < f < 1), with their top tokens."""
+def frequent_features(codes: torch.Tensor, token_text: Sequence[str], n: int = 20, k: int = 8,
+                      near_constant: float = 0.99) -> list[dict[str, Any]]:
+    """The ``n`` most frequently firing units that are not (nearly) constant, 0 < f < ``near_constant``, with
+    their top tokens. Units on for more than 99% of tokens fire on everything, so they would fill the list with
+    the corpus' most common tokens."""
     f = firing_rates(codes)
-    candidates = np.flatnonzero((f > 0) & (f < 1))
+    candidates = np.flatnonzero((f > 0) & (f < near_constant))
     chosen = candidates[np.argsort(-f[candidates], kind="stable")[:n]]
     return [{"feature": int(j), "firing_rate": float(f[j]), "top_tokens": top_tokens(codes, token_text, int(j), k)}
             for j in chosen]

@@ -1,0 +1,39 @@
+"""`bitlens demo` end to end on a tiny random Llama and a small corpus (the real loading and extraction path)."""
+
+import json
+
+import torch
+
+from bitlens.analysis.features import frequent_features, show_token, top_tokens
+from bitlens.cli.main import main
+from data_fixtures import tiny_model_dir, write_corpus
+
+KEYS = {"n_tokens", "layer", "fvu", "cosine", "entropy_bits", "l0", "dead", "constant_on", "dense", "top_features"}
+
+
+def test_demo_pipeline(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12, sentences_per_doc=20)
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--tokens", "1500", "--layer", "2",
+            "--steps", "30", "--top", "5", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert KEYS <= set(summary)
+    assert summary["layer"] == 2 and summary["n_tokens"] == 1500
+    for feat in summary["top_features"]:
+        assert 0 < feat["firing_rate"] < 0.99 and feat["top_tokens"]
+    printed = capsys.readouterr().out
+    assert "FVU" in printed and "entropy" in printed
+    # rerunning resumes: the store is complete and the training run is already finished
+    assert main(args) == 0
+
+
+def test_feature_summaries():
+    codes = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.uint8)
+    text = [" the", " cat", " the", "\n"]
+    tops = {t["token"]: (t["count"], t["fraction_of_token"]) for t in top_tokens(codes, text, 0)}
+    assert tops == {" the": (1, 0.5), " cat": (1, 1.0), "\n": (1, 1.0)}
+    feats = frequent_features(codes, text, n=5)
+    assert [f["feature"] for f in feats] == [0, 1]  # unit 2 is constant-on, left out
+    assert feats[0]["firing_rate"] == 0.75
+    assert show_token(" the\n") == "␣the⏎"
