@@ -37,3 +37,12 @@ def test_feature_summaries():
     assert [f["feature"] for f in feats] == [0, 1]  # unit 2 is constant-on, left out
     assert feats[0]["firing_rate"] == 0.75
     assert show_token(" the\n") == "␣the⏎"
+
+
+def test_demo_refuses_a_run_trained_otherwise(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=12, sentences_per_doc=20)
+    base = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--tokens", "800", "--layer", "1",
+            "--steps", "10", "--top", "3", "--out", str(tmp_path / "d")]
+    assert main(base) == 0
+    assert main([*base, "--entropy-weight", "3"]) == 2
+    assert "other settings" in capsys.readouterr().err

@@ -6,6 +6,7 @@ train a BAE on them, and report reconstruction, entropy and the most frequent fe
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from .analysis.entropy import estimate_entropy
 from .analysis.features import firing_rates, frequent_features, show_token
 from .config import Serializable
-from .io import write_json
+from .io import BitlensError, write_json
 from .training.config import LossConfig, TrainConfig
 from .training.run import encode_all, train_bae
 
@@ -41,6 +42,11 @@ class DemoConfig(Serializable):
     """How many of the most frequent non-constant features to report."""
     eval_tokens: int = 50_000
     """Validation tokens used for the report."""
+    entropy_weight: float = 1.0
+    """Entropy weight (scale_free, per unit). Lower than the library default of 10, which is calibrated on the
+    synthetic benchmark and leaves most units dead on LLM states (see BENCHMARKS.md)."""
+    cov_weight: float = 100.0
+    """Covariance weight (scale_free, per pair); library default 1000."""
 
 
 def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict[str, Any]:
@@ -64,8 +70,9 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
          f"{train_rows.n_rows} tokens; validation on {val_rows.n_rows} tokens of held-out documents")
     train_cfg = TrainConfig(steps=cfg.steps, seed=cfg.seed, eval_every=max(1, cfg.steps // 6),
                             eval_rows=cfg.eval_tokens, checkpoint_every=max(1, cfg.steps // 3))
-    resume = (out / "bae" / "checkpoint" / "trainer_state.json").exists()
-    model, stats = train_bae(train_rows, val_rows, out / "bae", cfg=train_cfg, loss=LossConfig(), resume=resume,
+    loss_cfg = LossConfig(entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
+    resume = _check_previous_run(out / "bae", train_cfg, loss_cfg)
+    model, stats = train_bae(train_rows, val_rows, out / "bae", cfg=train_cfg, loss=loss_cfg, resume=resume,
                              inputs={"store": str(store_dir), "store_fingerprint": store.manifest.get("fingerprint"),
                                      "layer": layer})
     echo("[3/3] summarising features")
@@ -87,6 +94,18 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
     write_json(out / "summary.json", summary)
     echo(report(summary))
     return summary
+
+
+def _check_previous_run(run: Path, train_cfg: TrainConfig, loss_cfg: LossConfig) -> bool:
+    """True when ``run`` holds a checkpoint of this very training (resume it); refuse one made otherwise."""
+    state_file = run / "checkpoint" / "trainer_state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    saved = (state["loss_config"], state["train_config"]["steps"], state["train_config"]["seed"])
+    if saved != (loss_cfg.to_dict(), train_cfg.steps, train_cfg.seed):
+        raise BitlensError(f"{run} holds a BAE trained with other settings: remove it or choose another --out")
+    return True
 
 
 def report(s: dict[str, Any]) -> str:
