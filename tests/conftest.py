@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from bitlens import known_entropy_data
 

@@ -62,10 +62,12 @@ def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae:
         }, seeds={"seed": cfg.seed}, inputs={**(inputs or {}), "train_rows": train.n_rows,
                                               "val_rows": val.n_rows if val is not None else 0})
     try:
-        stats = trainer.fit()
+        last = trainer.fit()
     finally:
         plot_training_curves(read_metrics(out_dir), out_dir / "curves.png")
-    final = {"step": trainer.step, **trainer.evaluate()}
+    # fit() evaluates at its last step; a resumed run that was already finished has not evaluated yet
+    val = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} or trainer.evaluate()
+    final = {"step": trainer.step, **val}
     write_json(out_dir / "final_metrics.json", final)
     return trainer.model.eval(), final
 

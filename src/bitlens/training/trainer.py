@@ -22,7 +22,7 @@ from ..analysis.statistics import coder_statistics
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..coders.registry import load
 from ..data.sources import RowSource
-from ..io import BitlensError, write_json
+from ..io import BitlensError
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .objective import bae_objective
@@ -219,7 +219,3 @@ def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def write_final(out_dir: str | Path, stats: dict[str, Any]) -> None:
-    write_json(Path(out_dir) / "final_metrics.json", stats)
