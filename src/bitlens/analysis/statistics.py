@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..training.bit_products import int_mm
 from .entropy import bernoulli_entropy_bits
 
 
@@ -28,9 +29,11 @@ def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 81
         x = rows[start:start + chunk].to(device).float()
         code = model.encode(x)
         x_hat = model.decode(code)
-        active = (code != 0).double().cpu()
-        fires = active.sum(0) if fires is None else fires + active.sum(0)
-        gram = active.T @ active if gram is None else gram + active.T @ active
+        active = (code != 0).to(torch.int8).cpu()
+        # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
+        chunk_gram = int_mm(active.T, active).long()
+        fires = active.sum(0, dtype=torch.float64) if fires is None else fires + active.sum(0, dtype=torch.float64)
+        gram = chunk_gram if gram is None else gram + chunk_gram
         xd, xh = x.double().cpu(), x_hat.double().cpu()
         sum_x += xd.sum(0)
         sum_xx += xd.pow(2).sum()
@@ -39,7 +42,7 @@ def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 81
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
-    cov = (gram - n * torch.outer(f, f)) / max(n - 1, 1)
+    cov = (gram.double() - n * torch.outer(f, f)) / max(n - 1, 1)
     cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
     const_on = f == 1
     return {
