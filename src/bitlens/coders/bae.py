@@ -56,6 +56,7 @@ class BAEOutput(NamedTuple):
 
 class BinaryAutoencoder(nn.Module):
     architecture = "bae"
+    binary = True  # codes are {0, 1}; interpretation and statistics read "fires" as code == 1
 
     def __init__(self, cfg: BAEConfig):
         super().__init__()

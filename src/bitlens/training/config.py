@@ -53,6 +53,15 @@ def paper_loss() -> LossConfig:
     return LossConfig(preset="paper", entropy_weight=1e-7, cov_weight=1e-7, entropy_ramp=0, cov_ramp=0)
 
 
+def llm_loss() -> LossConfig:
+    """The scale_free weights for BAEs on LLM hidden states (d' in the thousands).
+
+    The class defaults are calibrated on the synthetic benchmark (d' ~ 256); on LLM states they price a bit too
+    high and leave most units dead. Commands that train on a store's LLM states use these instead; the sweep behind
+    them is `bench/loss_weights.py` (BENCHMARKS.md, "Loss weights on LLM states")."""
+    return LossConfig(entropy_weight=1.0, cov_weight=100.0)
+
+
 @dataclass
 class TrainConfig(Serializable):
     """The optimisation loop."""
