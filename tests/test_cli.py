@@ -147,6 +147,7 @@ def test_train_on_a_store_splits_by_document(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     inputs = manifest["inputs"]
     assert inputs["layer"] == 3 and inputs["train_tokens"] + inputs["val_tokens"] == 935
+    assert inputs["outliers_left_out"] == 0
     assert bitlens.load(out).d_in == 8
     # resuming on a store continues (mid-epoch) to the new step count
     assert main(["train", "--store", str(store), "--layer", "3", "--out", str(out), "--resume", "--steps", "50",

@@ -214,3 +214,24 @@ def test_batches_partition_any_configuration(shared_store, batch_size, buffer_ro
     np.testing.assert_array_equal(np.sort(full), expected)  # every train row once, no val row
     np.testing.assert_array_equal(ids(train.batches(batch_size, epoch=epoch, seed=2, start=start)),
                                   full[start * batch_size:])
+
+
+def test_split_leaves_out_attention_sink_outliers(tmp_path):
+    """A row with 100x the typical norm (an attention sink) is out of both split views unless asked for."""
+    writer = StoreWriter.open(tmp_path / "s", settings={}, layers=[3], dim=DIM, dtype="float32", shard_rows=64,
+                              documents=lambda: [{"index": i, "id": f"d{i}"} for i in range(4)],
+                              token_texts=lambda: ["t"])
+    for doc in range(4):
+        acts = np.random.default_rng(doc).normal(size=(40, DIM)).astype(np.float32)
+        if doc == 2:
+            acts[1] *= 100.0
+        meta = np.stack([np.full(40, doc), np.zeros(40), np.zeros(40), np.arange(40), np.zeros(40)], 1)
+        writer.add({3: acts}, meta.astype(np.int32), cursor=(doc, 0), excluded={}, sequences=1)
+    writer.finish()
+    store = ActivationStore(tmp_path / "s")
+    assert store.stats(3)["outliers"] == 1 and np.flatnonzero(store.outliers(3)).tolist() == [81]
+    train, val = store.split(0.5, seed=0)
+    assert train.n_rows + val.n_rows == 159
+    assert float(torch.cat([train.rows(), val.rows()]).norm(dim=1).max()) < 20
+    kept_train, kept_val = store.split(0.5, seed=0, keep_outliers=True)
+    assert kept_train.n_rows + kept_val.n_rows == 160

@@ -48,6 +48,8 @@ def _register_train(p) -> None:
     source.add_argument("--store", metavar="DIR", help="activation store written by `bitlens extract`")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the store to train on (hidden_states[L]); needed when the store holds several")
+    p.add_argument("--keep-outliers", action="store_true",
+                   help="with --store: keep rows whose norm exceeds 10x the median (attention sinks; left out by default)")
     p.add_argument("--key", default=None, help="tensor name inside a .safetensors file holding several")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, metrics.jsonl, curves.png, manifest.json)")
     p.add_argument("--resume", action="store_true",
@@ -67,8 +69,9 @@ def _run_train(args, argv) -> int:
 
         store = ActivationStore(args.store)
         layer = store.default_layer(args.layer)
-        tr, va = store.split(train.val_fraction, train.seed, layer)  # split by document
+        tr, va = store.split(train.val_fraction, train.seed, layer, keep_outliers=args.keep_outliers)  # by document
         inputs = {"store": str(args.store), "layer": layer, "store_settings": store.manifest.get("settings"),
+                  "outliers_left_out": 0 if args.keep_outliers else int(store.outliers(layer).sum()),
                   "train_tokens": tr.n_rows, "val_tokens": va.n_rows}
     else:
         x = load_activations(args.activations, args.key)
