@@ -164,6 +164,8 @@ def _train_one(plan: CoderPlan, run: Path, train_rows, val_rows, prepare=None, i
                 return load(run), "reused"
     resume = (run / "checkpoint" / "trainer_state.json").exists()
     run.mkdir(parents=True, exist_ok=True)
+    if not resume:  # killed before its first checkpoint: start clean rather than append to a stale log
+        (run / "metrics.jsonl").unlink(missing_ok=True)
     write_json(settings_file, settings)
     model, _ = train_coder(plan.architecture, train_rows, val_rows, run, plan.coder, plan.train, plan.loss,
                            resume=resume, inputs=inputs, prepare=prepare)
