@@ -166,3 +166,13 @@ def test_metric_definitions():
     # fires = non-zero: unit 0 fires on about half the rows, unit 1 is dead, unit 2 constant-on
     assert p["dead"] == 1 and p["constant_on"] == 1 and p["dense"] == 1 and p["width"] == 3
     assert p["l0"] == pytest.approx(1 + float((x[:, 0] > 10).float().mean()))
+
+
+def test_firing_frequencies_match_the_evaluation():
+    torch.manual_seed(0)
+    model = build("relu_sae", SAEConfig(d_in=8))
+    x = torch.randn(1000, 8)
+    from bitlens.analysis.statistics import firing_frequencies
+
+    f = firing_frequencies(model, x, chunk=300)
+    assert torch.equal(f, torch.from_numpy(evaluate_coder(model, x).frequencies))

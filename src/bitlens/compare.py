@@ -253,7 +253,7 @@ def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None
 
 
 def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
-    from .analysis.statistics import evaluate_coder
+    from .analysis.statistics import firing_frequencies
     from .data.sources import PairedRows
     from .data.store import ActivationStore
 
@@ -298,7 +298,7 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
             prepare = None
             if plan.name == "random":
                 sample = train_rows.rows(65536, seed=cfg.seed)
-                rates = torch.from_numpy(evaluate_coder(models["bae"], sample).frequencies).float()
+                rates = firing_frequencies(models["bae"], sample).float()
                 prepare = lambda m, sample=sample, rates=rates: m.match_rates(sample, rates)  # noqa: E731
             model, how = _train_one(plan, run, train_rows, val_rows, prepare=prepare, inputs=inputs)
             stats[plan.name] = _evaluate(model, run, eval_x, None)
