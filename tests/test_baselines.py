@@ -176,3 +176,28 @@ def test_firing_frequencies_match_the_evaluation():
 
     f = firing_frequencies(model, x, chunk=300)
     assert torch.equal(f, torch.from_numpy(evaluate_coder(model, x).frequencies))
+
+
+@pytest.mark.parametrize("arch", ["jumprelu_sae", "transcoder"])
+def test_resume_equals_uninterrupted(tmp_path, synth8, arch):
+    from bitlens.training.objectives import init_coder
+    from bitlens.training.trainer import Trainer, read_metrics
+
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    if arch == "transcoder":  # target: a fixed nonlinear function of the input, served as aligned pairs
+        y = torch.tanh(x @ torch.randn(16, 8, generator=torch.Generator().manual_seed(1)))
+        tr = PairedRows(TensorRows(x, tr.index), TensorRows(y, tr.index))
+        va = PairedRows(TensorRows(x, va.index), TensorRows(y, va.index))
+    cfg = TrainConfig(steps=60, batch_size=64, eval_every=20, checkpoint_every=20, progress=False)
+    full, _ = train_coder(arch, tr, va, tmp_path / "full", None, cfg)
+    targets = tr.target_rows(65536) if arch == "transcoder" else None
+    coder = SAEConfig(d_in=16, d_out=8 if arch == "transcoder" else 0)
+    model = init_coder(arch, coder, tr.rows(65536), SparsityConfig(), 0, targets)
+    Trainer(model, tr, va, cfg, SparsityConfig(), tmp_path / "half").fit(until=40)
+    resumed, _ = train_coder(arch, tr, va, tmp_path / "half", resume=True)
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    records = read_metrics(tmp_path / "half")
+    assert [r["step"] for r in records] == [20, 40, 60]
+    assert {"train/loss", "train/recon", "train/sparsity", "train/l0", "val/fvu", "val/l0"} <= set(records[-1])

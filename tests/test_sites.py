@@ -76,3 +76,18 @@ def test_transcoder_pairs_line_up(lm, site_store):
         seen += len(x)
     assert seen == train.n_rows - 16
     torch.testing.assert_close(mlp(pairs.rows(50)), pairs.target_rows(50), atol=1e-4, rtol=1e-4)
+
+
+def test_extract_cli_with_sites_only(tmp_path, capsys):
+    from bitlens.cli.main import main
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=2)
+    out = tmp_path / "store"
+    assert main(["extract", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--sites", "mlp_out.1",
+                 "--out", str(out), "--max_seq_len", "24"]) == 0
+    store = ActivationStore(out)
+    assert store.layers == [] and store.sites == ["mlp_out.1"]
+    assert "sites ['mlp_out.1']" in capsys.readouterr().out
+    assert main(["extract", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--sites", "mlp_mid.1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown site 'mlp_mid.1'" in capsys.readouterr().err
