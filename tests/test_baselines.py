@@ -165,6 +165,8 @@ def test_metric_definitions():
     assert p["fvu"] == 0 and p["mse"] == 0 and p["cosine"] == pytest.approx(1) and p["relative_norm"] == pytest.approx(1)
     # fires = non-zero: unit 0 fires on about half the rows, unit 1 is dead, unit 2 constant-on
     assert p["dead"] == 1 and p["constant_on"] == 1 and p["dense"] == 1 and p["width"] == 3
+    f0 = float((x[:, 0] > 10).float().mean())
+    assert p["l0_minority"] == pytest.approx(min(f0, 1 - f0))  # the constant-on unit is never in its minority state
     assert p["l0"] == pytest.approx(1 + float((x[:, 0] > 10).float().mean()))
 
 

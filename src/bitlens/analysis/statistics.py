@@ -8,7 +8,8 @@ y is the target (the input itself, or a transcoder's target rows), y_hat the cod
 * cosine = mean over rows of cos(y, y_hat); relative norm = mean over rows of ||y_hat|| / ||y||;
 * a feature fires when its activation is non-zero (BAE: bit = 1; SAEs: a_j > 0, or a_j != 0 for the official
   TopK and identity transcoder whose activations can be negative); f_j = fraction of rows on which it fires;
-  L0 = mean number of firing features per row;
+  L0 = mean number of firing features per row; L0 minority = mean number of features in their less frequent state
+  (sum_j min(f_j, 1 - f_j): for a BAE, the bits a compressed code must store; equals L0 when every f_j <= 0.5);
 * dead: f = 0; constant-on: f = 1 (BAE bits do this); dense: 0.1 < f < 1 and 0.5 < f < 1, constant-on counted
   apart; rare: 0 < f < 1e-5 and 0 < f < 1e-6.
 """
@@ -98,6 +99,7 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         "entropy_bits": float(bernoulli_entropy_bits(f).sum()),
         "covariance": float(cov_pen),
         "l0": float(f.sum()),
+        "l0_minority": float(torch.minimum(f, 1 - f).sum()),
         "dead": int((f == 0).sum()),
         "constant_on": int(const_on.sum()),
         "dense": int(((f > 0.1) & ~const_on).sum()),
