@@ -47,12 +47,13 @@ class SAEConfig(Serializable):
     """topk_sae: active features per token."""
     topk_relu: bool = True
     """topk_sae: ReLU before TopK (field standard); False = the official code's TopK on raw pre-activations."""
-    threshold: float = 0.001
+    threshold: float = 0.01
     """jumprelu_sae: initial threshold (normalised pre-activation units); the fixed value when not learned."""
     learn_threshold: bool = True
     """jumprelu_sae: learn the thresholds (False with threshold 0.5 = the official code's fixed-theta variant)."""
-    bandwidth: float = 0.001
-    """jumprelu_sae: width of the rectangle kernel of the threshold's pseudo-derivative."""
+    bandwidth: float = 0.05
+    """jumprelu_sae: width of the rectangle kernel of the threshold's pseudo-derivative (0.001 as Gemma Scope
+    needs far longer training than a few thousand steps: the thresholds barely move and L0 stays in the hundreds)."""
     activation: TranscoderActivation = "relu"
     """transcoder: relu, or identity (the official code's default: a linear map trained with L1)."""
 

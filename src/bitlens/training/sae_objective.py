@@ -26,7 +26,7 @@ from ..config import Serializable
 from .schedules import warmup
 
 #: sparsity weight used when SparsityConfig.weight is -1 (calibrated on SmolLM2 layer 15, see BENCHMARKS.md)
-DEFAULT_WEIGHT = {"relu_sae": 0.03, "transcoder": 0.03, "jumprelu_sae": 0.002}
+DEFAULT_WEIGHT = {"relu_sae": 0.1, "transcoder": 0.1, "jumprelu_sae": 0.002}
 
 
 @dataclass
