@@ -23,7 +23,8 @@ def main() -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--runs", default="relu_sae:0.03,relu_sae:0.1,relu_sae:0.3,jumprelu_sae:0.001,jumprelu_sae:0.01,topk_sae:0")
+    p.add_argument("--runs", default="relu_sae:0.1,relu_sae:0.3,jumprelu_sae:0.0003,jumprelu_sae:0.002",
+                   help="comma-separated architecture:weight pairs")
     args = p.parse_args()
     store = ActivationStore(args.store)
     tr, va = store.split(0.1, 0, store.default_layer(args.layer))
