@@ -297,9 +297,9 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
         else:
             prepare = None
             if plan.name == "random":
-                sample = train_rows.rows(65536, seed=cfg.seed)
-                rates = firing_frequencies(models["bae"], sample).float()
-                prepare = lambda m, sample=sample, rates=rates: m.match_rates(sample, rates)  # noqa: E731
+                def prepare(m, bae=models["bae"]):  # only for a fresh run: the rates cost an encoding pass
+                    sample = train_rows.rows(65536, seed=cfg.seed)
+                    m.match_rates(sample, firing_frequencies(bae, sample).float())
             model, how = _train_one(plan, run, train_rows, val_rows, prepare=prepare, inputs=inputs)
             stats[plan.name] = _evaluate(model, run, eval_x, None)
         models[plan.name] = model
