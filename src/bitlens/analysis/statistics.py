@@ -1,34 +1,77 @@
-"""Reconstruction and code statistics of a coder on a set of rows.
+"""Reconstruction and code statistics of any coder (BAE, SAE baselines, transcoder, random control) on a set of rows.
 
-Definitions (accumulated over chunks, divided once at the end):
-FVU = sum||x - x_hat||^2 / sum||x - mean(x)||^2; MSE per element in the original space; cosine = mean over rows of
-cos(x, x_hat); L0 = mean active units per row; firing rate f_j = fraction of rows with unit j active;
-dead f = 0; constant-on f = 1; dense 0.1 < f < 1 (and 0.5 < f < 1), constant-on counted apart.
+Definitions (numerators and denominators accumulated separately over chunks in float64, divided once at the end):
+y is the target (the input itself, or a transcoder's target rows), y_hat the coder's output.
+
+* FVU = sum||y - y_hat||^2 / sum||y - mean(y)||^2 (variance about the mean, not about zero; a mean predictor has
+  FVU 1, a perfect one 0); MSE per element in the original space;
+* cosine = mean over rows of cos(y, y_hat); relative norm = mean over rows of ||y_hat|| / ||y||;
+* a feature fires when its activation is non-zero (BAE: bit = 1; SAEs: a_j > 0, or a_j != 0 for the official
+  TopK and identity transcoder whose activations can be negative); f_j = fraction of rows on which it fires;
+  L0 = mean number of firing features per row; L0 minority = mean number of features in their less frequent state
+  (sum_j min(f_j, 1 - f_j): for a BAE, the bits a compressed code must store; equals L0 when every f_j <= 0.5);
+* dead: f = 0; constant-on: f = 1 (BAE bits do this); dense: 0.1 < f < 1 and 0.5 < f < 1, constant-on counted
+  apart; rare: 0 < f < 1e-5 and 0 < f < 1e-6.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import numpy as np
 import torch
 
 from ..training.bit_products import int_mm
 from .entropy import bernoulli_entropy_bits
 
 
+class CoderEvaluation(NamedTuple):
+    stats: dict[str, Any]
+    """The flat statistics of ``coder_statistics``."""
+    frequencies: np.ndarray
+    """[width] firing frequency f_j of every feature."""
+
+
 @torch.no_grad()
-def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 8192) -> dict[str, float]:
-    """Evaluate ``model`` (with encode/decode) on rows [n, d]; returns a flat dict of floats."""
+def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
+                     chunk: int = 8192) -> dict[str, float]:
+    """Evaluate ``model`` (with encode/decode) on rows [n, d] against ``targets`` [n, d_out] (default: the rows);
+    returns a flat dict of floats (definitions in the module docstring)."""
+    return evaluate_coder(model, rows, targets, chunk).stats
+
+
+@torch.no_grad()
+def firing_frequencies(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """[width] float64 fraction of ``rows`` [n, d] on which each feature fires (activation != 0); no co-firing
+    statistics, so much cheaper than ``evaluate_coder``."""
     device = next(model.parameters()).device
-    n, d = rows.shape
+    fires = None
+    for start in range(0, rows.shape[0], chunk):
+        active = (model.encode(rows[start:start + chunk].to(device).float()) != 0).sum(0, dtype=torch.float64).cpu()
+        fires = active if fires is None else fires + active
+    return fires / max(rows.shape[0], 1)
+
+
+@torch.no_grad()
+def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
+                   chunk: int = 8192) -> CoderEvaluation:
+    """``coder_statistics`` plus the per-feature firing frequencies."""
+    device = next(model.parameters()).device
+    targets = rows if targets is None else targets
+    if targets.shape[0] != rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} rows but {targets.shape[0]} targets")
+    n, d = targets.shape
     sum_x = torch.zeros(d, dtype=torch.float64)
     sum_xx = torch.zeros((), dtype=torch.float64)
     sq_err = torch.zeros((), dtype=torch.float64)
     cos_sum = torch.zeros((), dtype=torch.float64)
+    ratio_sum = torch.zeros((), dtype=torch.float64)
     fires = None
     gram = None
     for start in range(0, n, chunk):
-        x = rows[start:start + chunk].to(device).float()
-        code = model.encode(x)
+        code = model.encode(rows[start:start + chunk].to(device).float())
         x_hat = model.decode(code)
+        x = targets[start:start + chunk].float()
         active = (code != 0).to(torch.int8).cpu()
         # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
         chunk_gram = int_mm(active.T, active).long()
@@ -39,22 +82,29 @@ def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 81
         sum_xx += xd.pow(2).sum()
         sq_err += (xd - xh).pow(2).sum()
         cos_sum += torch.nn.functional.cosine_similarity(xd, xh, dim=-1).sum()
+        ratio_sum += (xh.norm(dim=-1) / xd.norm(dim=-1).clamp_min(1e-30)).sum()
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
     cov = (gram.double() - n * torch.outer(f, f)) / max(n - 1, 1)
     cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
     const_on = f == 1
-    return {
+    stats = {
         "n_rows": n,
+        "width": int(f.numel()),
         "mse": float(sq_err / (n * d)),
         "fvu": float(sq_err / total_var.clamp_min(1e-30)),
         "cosine": float(cos_sum / n),
+        "relative_norm": float(ratio_sum / n),
         "entropy_bits": float(bernoulli_entropy_bits(f).sum()),
         "covariance": float(cov_pen),
         "l0": float(f.sum()),
+        "l0_minority": float(torch.minimum(f, 1 - f).sum()),
         "dead": int((f == 0).sum()),
         "constant_on": int(const_on.sum()),
         "dense": int(((f > 0.1) & ~const_on).sum()),
         "dense_half": int(((f > 0.5) & ~const_on).sum()),
+        "rare_1e-5": int(((f > 0) & (f < 1e-5)).sum()),
+        "rare_1e-6": int(((f > 0) & (f < 1e-6)).sum()),
     }
+    return CoderEvaluation(stats, f.numpy())

@@ -141,6 +141,22 @@ def _run_demo(args, argv) -> int:
     return 0
 
 
+# ---- compare ---------------------------------------------------------------------------------------------------
+def _register_compare(p) -> None:
+    from ..compare import CompareConfig
+
+    p.add_arguments(CompareConfig, dest="compare")
+
+
+def _run_compare(args, argv) -> int:
+    from ..compare import run_compare
+
+    summary = run_compare(args.compare)
+    print(f"wrote {args.compare.out}/compare.json, compare.md, frequencies.png, units.png "
+          f"({summary['seconds_this_run']['total']:.0f}s)")
+    return 0
+
+
 COMMANDS = [
     Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
             _register_extract, _run_extract),
@@ -149,5 +165,7 @@ COMMANDS = [
             _register_synth, _run_synth),
     Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features.",
             _register_demo, _run_demo),
+    Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
+            "statistics and splicing.", _register_compare, _run_compare),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}

@@ -12,10 +12,17 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..io import BitlensError, atomic_path, write_json
 from .bae import BAEConfig, BinaryAutoencoder
+from .random_control import RandomConfig, RandomControl
+from .sae import JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, Transcoder
 
 #: architecture name -> (module class, config class)
 REGISTRY: dict[str, tuple[type[torch.nn.Module], Any]] = {
     "bae": (BinaryAutoencoder, BAEConfig),
+    "relu_sae": (ReLUSAE, SAEConfig),
+    "topk_sae": (TopKSAE, SAEConfig),
+    "jumprelu_sae": (JumpReLUSAE, SAEConfig),
+    "transcoder": (Transcoder, SAEConfig),
+    "random": (RandomControl, RandomConfig),
 }
 
 

@@ -27,7 +27,7 @@ from ..config import Serializable
 from ..io import BitlensError
 from .corpora import Corpus, Document, load_corpus
 from .models import LoadedModel, load_model
-from .store import META_COLUMNS, StoreWriter
+from .store import META_COLUMNS, Key, StoreWriter, parse_site
 
 # ----------------------------------------------------------------------------------------------- capture
 
@@ -47,20 +47,66 @@ def check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     return sorted(set(int(layer) for layer in layers))
 
 
+def check_sites(sites: Sequence[str], n_layers: int) -> list[str]:
+    """Unique named sites (``mlp_in.L`` / ``mlp_out.L`` with L a block index), in the order given."""
+    out = []
+    for site in sites:
+        _, layer = parse_site(site)
+        if not 0 <= layer < n_layers:
+            raise BitlensError(f"site {site}: this model has blocks 0..{n_layers - 1}")
+        if site not in out:
+            out.append(site)
+    return out
+
+
+def mlp_module(lm: LoadedModel, layer: int) -> torch.nn.Module:
+    """The MLP of block ``layer`` (``block.mlp`` in Llama- and GPT-2-like models)."""
+    mlp = getattr(lm.blocks[layer], "mlp", None)
+    if not isinstance(mlp, torch.nn.Module):
+        raise BitlensError(f"block {layer} of {type(lm.model).__name__} has no `mlp` submodule: "
+                           "MLP sites are not supported for this model")
+    return mlp
+
+
+def _depth(key: Key, n_layers: int) -> tuple[int, int]:
+    """Order of capture points in the forward pass: residual L, then block L's MLP input, then its output."""
+    if isinstance(key, int):
+        return (key, 0)
+    kind, layer = parse_site(key)
+    return (layer, 1 if kind == "mlp_in" else 2)
+
+
 @torch.no_grad()
 def capture_layers(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Run ``lm`` on a padded batch and return ``{L: hidden_states[L]}``, each ``[B, T, d]`` in the model's
-    dtype on its device, stopping the forward pass after the deepest layer in ``layers``."""
-    layers = check_layers(layers, lm.n_layers)
-    captured: dict[int, torch.Tensor] = {}
-    deepest = layers[-1]
+                   layers: Sequence[int], sites: Sequence[str] = ()) -> dict[Key, torch.Tensor]:
+    """Run ``lm`` on a padded batch and return ``{L: hidden_states[L]}`` plus ``{site: activations}``, each
+    ``[B, T, d]`` in the model's dtype on its device, stopping the forward pass after the deepest point.
+
+    Sites: ``mlp_in.L`` is the input of block L's MLP (the post-attention norm's output in Llama-likes),
+    captured with a forward pre-hook on the MLP; ``mlp_out.L`` its output, with a forward hook."""
+    layers = check_layers(layers, lm.n_layers) if layers else []
+    sites = check_sites(sites, lm.n_layers)
+    if not layers and not sites:
+        raise BitlensError("no layers requested")
+    captured: dict[Key, torch.Tensor] = {}
+    deepest = max([*layers, *sites], key=lambda k: _depth(k, lm.n_layers))
     handles = []
 
-    def keep(layer: int, hidden: torch.Tensor) -> None:
+    def keep(layer: Key, hidden: torch.Tensor) -> None:
         captured[layer] = hidden.detach()
         if layer == deepest:
             raise _StopForward
+
+    for site in sites:
+        kind, layer = parse_site(site)
+        if kind == "mlp_in":
+            def mlp_pre(_module, args, kwargs, site=site):
+                keep(site, args[0] if args else next(iter(kwargs.values())))
+            handles.append(mlp_module(lm, layer).register_forward_pre_hook(mlp_pre, with_kwargs=True))
+        else:
+            def mlp_post(_module, _args, output, site=site):
+                keep(site, output[0] if isinstance(output, tuple) else output)
+            handles.append(mlp_module(lm, layer).register_forward_hook(mlp_post))
 
     for layer in layers:
         if layer < lm.n_layers:
@@ -79,9 +125,9 @@ def capture_layers(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: tor
     finally:
         for handle in handles:
             handle.remove()
-    missing = [layer for layer in layers if layer not in captured]
+    missing = [key for key in [*layers, *sites] if key not in captured]
     if missing:
-        raise BitlensError(f"layer {missing[0]} was not reached in {type(lm.model).__name__}'s forward pass")
+        raise BitlensError(f"{missing[0]} was not reached in {type(lm.model).__name__}'s forward pass")
     return captured
 
 
@@ -193,7 +239,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
                      max_seq_len: int = 256, batch_size: int = 16, dtype: str = "float16",
                      max_tokens: int | None = None, exclude_first: bool = True, shard_rows: int = 65536,
                      order_seed: int | None = 0, overwrite: bool = False, progress: bool = True,
-                     extra_settings: dict | None = None) -> Path:
+                     extra_settings: dict | None = None, sites: Sequence[str] = ()) -> Path:
     """Extract ``layers`` for the corpus into the store folder ``out`` and return its path.
 
     Documents are processed in a seeded random order (``order_seed``; None keeps corpus order), so a
@@ -201,7 +247,8 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     unfinished by an interruption with the same settings is resumed from its last committed shard;
     different settings are refused unless ``overwrite``.
     """
-    layers = check_layers(layers, lm.n_layers)
+    layers = check_layers(layers, lm.n_layers) if layers or not sites else []
+    sites = check_sites(sites, lm.n_layers)
     if max_seq_len < 2 or batch_size < 1 or shard_rows < 1 or (max_tokens is not None and max_tokens < 1):
         raise BitlensError("max_seq_len must be >= 2 and batch_size, shard_rows, max_tokens >= 1")
     n_docs = len(corpus.documents)
@@ -211,10 +258,12 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
                                                     "n_documents": n_docs},
                 "layers": layers, "dtype": dtype, "max_seq_len": max_seq_len, "exclude_first": exclude_first,
                 "order_seed": order_seed, "max_tokens": max_tokens, **(extra_settings or {})}
+    if sites:  # only when used, so stores written before sites existed keep their settings (and resume)
+        settings["sites"] = sites
     writer = StoreWriter.open(out, settings=settings, layers=layers, dim=lm.d_model, dtype=dtype,
                               shard_rows=shard_rows, overwrite=overwrite,
                               documents=lambda: _document_table(corpus, order),
-                              token_texts=lambda: _token_texts(lm.tokenizer))
+                              token_texts=lambda: _token_texts(lm.tokenizer), sites=sites)
     if writer.complete:
         print(f"store {out} is already complete ({writer.n_tokens} tokens)", file=sys.stderr)
         return Path(out)
@@ -229,7 +278,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
             break
         ids, mask = pad_batch(batch, pad_id)
         keep, meta, excluded = keep_mask_and_meta(batch, ids.shape[1], special_ids, exclude_first)
-        hidden = capture_layers(lm, ids, mask, layers)
+        hidden = capture_layers(lm, ids, mask, layers, sites)
         keep_dev = keep.to(lm.device)
         acts = {layer: h[keep_dev].float().cpu().numpy() for layer, h in hidden.items()}
         last = batch[-1]
@@ -294,7 +343,9 @@ class ExtractConfig(Serializable):
     text_field: str = "text"
     """Field holding the text in JSONL records / dataset rows."""
     layers: list[int] = field(default_factory=list)
-    """Layers to store; layer L is hidden_states[L], the residual stream entering block L (0 = embeddings). Default: the middle layer."""
+    """Layers to store; layer L is hidden_states[L], the residual stream entering block L (0 = embeddings). Default: the middle layer (none when sites are given)."""
+    sites: list[str] = field(default_factory=list)
+    """Named sites to store as well: mlp_in.L (input of block L's MLP, after the post-attention norm) and mlp_out.L (that MLP's output), e.g. for transcoders."""
     max_tokens: int = 0
     """Stop after storing this many tokens (0 = the whole corpus)."""
     max_seq_len: int = 256
@@ -321,17 +372,20 @@ def extract_main(cfg: ExtractConfig) -> Path:
     """Run `bitlens extract`: load the model and corpus, extract, print a one-line summary."""
     started = time.perf_counter()
     lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=cfg.device)
-    layers = cfg.layers or [lm.n_layers // 2]
-    check_layers(layers, lm.n_layers)  # fail before loading a large corpus
+    layers = cfg.layers or ([] if cfg.sites else [lm.n_layers // 2])
+    if layers:
+        check_layers(layers, lm.n_layers)  # fail before loading a large corpus
+    check_sites(cfg.sites, lm.n_layers)
     corpus = load_corpus(cfg.corpus, text_field=cfg.text_field)
     out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
                            batch_size=cfg.batch_size, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
                            exclude_first=not cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,
-                           overwrite=cfg.overwrite)
+                           overwrite=cfg.overwrite, sites=cfg.sites)
     from .store import ActivationStore
 
     store = ActivationStore(out)
-    print(f"wrote {store.n_tokens} tokens x {store.dim} dims, layers {store.layers}, "
+    print(f"wrote {store.n_tokens} tokens x {store.dim} dims, layers {store.layers}"
+          f"{', sites ' + str(store.sites) if store.sites else ''}, "
           f"{len(store.documents)} documents to {out} in {time.perf_counter() - started:.1f}s")
     return out
 

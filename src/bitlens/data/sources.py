@@ -106,3 +106,25 @@ def load_activations(path: str | Path, key: str | None = None) -> torch.Tensor:
     if x.dtype in (torch.float16, torch.bfloat16, torch.float64):
         x = x.float()
     return validate_rows(x, str(path))
+
+
+class PairedRows:
+    """Input rows and aligned target rows (e.g. a transcoder's MLP input and output): ``batches`` yields
+    ``(x, y)`` pairs. Both sources must serve their rows in the same order for the same (epoch, seed), as two
+    views of one store with the same selection do (``StoreView.at``)."""
+
+    def __init__(self, inputs: RowSource, targets: RowSource):
+        if inputs.n_rows != targets.n_rows:
+            raise BitlensError(f"inputs have {inputs.n_rows} rows but targets {targets.n_rows}")
+        self.inputs, self.targets = inputs, targets
+        self.n_rows, self.dim, self.target_dim = inputs.n_rows, inputs.dim, targets.dim
+
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from zip(self.inputs.batches(batch_size, epoch, seed, start=start),
+                       self.targets.batches(batch_size, epoch, seed, start=start))
+
+    def rows(self, limit: int | None = None) -> torch.Tensor:
+        return self.inputs.rows(limit)
+
+    def target_rows(self, limit: int | None = None) -> torch.Tensor:
+        return self.targets.rows(limit)

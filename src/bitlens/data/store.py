@@ -9,6 +9,11 @@ Layout (everything opens with plain numpy, ``np.load(..., allow_pickle=False)``)
     STORE/shards/000000/layer_6.norm.npy  float32 [rows]             their L2 norms (before the dtype cast)
     STORE/shards/000000/layer_6.sum.npy   float64 [d]                their sum, for the store mean
     STORE/shards/000000/meta.npy          int32 [rows, 5]            doc, chunk, sentence, position, token id
+    STORE/shards/000000/mlp_in_6.npy      (optional named sites, same three files per site as a layer)
+
+Besides residual layers (ints, ``hidden_states[L]``), a store can hold named **sites** (``mlp_in.L``: the input of
+block L's MLP, i.e. the post-attention-norm output; ``mlp_out.L``: that MLP's output), listed under ``sites`` in the
+manifest. Stores written before sites existed have no ``sites`` key and read as having none.
 
 A shard folder is written under a temporary name and renamed into place, then the manifest (also written
 atomically) lists it with the resume cursor (document position in the extraction order, chunk): a shard
@@ -38,8 +43,29 @@ _STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
-def _layer_file(layer: int, kind: str = "") -> str:
-    return f"layer_{layer}{'.' + kind if kind else ''}.npy"
+SITE_KINDS = ("mlp_in", "mlp_out")
+
+#: a residual layer (int) or a named site such as "mlp_in.15"
+Key = int | str
+
+
+def parse_site(site: str) -> tuple[str, int]:
+    """``"mlp_in.15"`` -> ("mlp_in", 15); BitlensError for anything else."""
+    kind, _, layer = str(site).partition(".")
+    if kind not in SITE_KINDS or not layer.isdigit():
+        raise BitlensError(f"unknown site {site!r}: use mlp_in.L or mlp_out.L (L = block index)")
+    return kind, int(layer)
+
+
+def _check_sites(sites: list[str]) -> list[str]:
+    for site in sites:
+        parse_site(site)
+    return list(sites)
+
+
+def _layer_file(layer: Key, kind: str = "") -> str:
+    stem = f"layer_{layer}" if isinstance(layer, int) else str(layer).replace(".", "_")
+    return f"{stem}{'.' + kind if kind else ''}.npy"
 
 
 def _normalise(data: Any) -> Any:
@@ -60,8 +86,9 @@ class StoreWriter:
         self.path = path
         self.manifest = manifest
         self.layers: list[int] = manifest["layers"]
+        self.keys: list[Key] = [*self.layers, *manifest.get("sites", [])]
         self.np_dtype = _STORE_DTYPES[manifest["dtype"]]
-        self._buffer: dict[int, list[np.ndarray]] = {layer: [] for layer in self.layers}
+        self._buffer: dict[Key, list[np.ndarray]] = {key: [] for key in self.keys}
         self._meta: list[np.ndarray] = []
         self._buffered = 0
         self._pending = {"special": 0, "first": 0, "sequences": 0}
@@ -70,7 +97,7 @@ class StoreWriter:
     @classmethod
     def open(cls, path: str | Path, *, settings: dict[str, Any], layers: list[int], dim: int, dtype: str,
              shard_rows: int, documents: Callable[[], list[dict]], token_texts: Callable[[], list[str]],
-             overwrite: bool = False) -> "StoreWriter":
+             overwrite: bool = False, sites: list[str] | None = None) -> "StoreWriter":
         """Create the store, or resume it if it exists with identical ``settings``.
 
         ``documents`` and ``token_texts`` are called only when a new store is created.
@@ -99,7 +126,8 @@ class StoreWriter:
         write_text(path / "documents.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
         write_text(path / "tokens.json", json.dumps(token_texts()))
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
-                    "settings": settings, "layers": layers, "dim": dim, "dtype": dtype,
+                    "settings": settings, "layers": layers, "sites": _check_sites(sites or []),
+                    "dim": dim, "dtype": dtype,
                     "shard_rows": shard_rows, "meta_columns": list(META_COLUMNS), "n_documents": len(docs),
                     "shards": []}
         write_json(manifest_path, manifest)
@@ -119,7 +147,7 @@ class StoreWriter:
         """Rows committed plus rows buffered."""
         return sum(s["rows"] for s in self.manifest["shards"]) + self._buffered
 
-    def add(self, acts: dict[int, np.ndarray], meta: np.ndarray, *, cursor: tuple[int, int],
+    def add(self, acts: dict[Key, np.ndarray], meta: np.ndarray, *, cursor: tuple[int, int],
             excluded: dict[str, int], sequences: int, max_tokens: int | None = None) -> bool:
         """Buffer one batch: ``acts[L]`` float32 ``[n, d]`` and ``meta`` int32 ``[n, 5]`` (META_COLUMNS); ``cursor`` is where
         extraction continues after this batch. Commits a shard when enough rows are buffered.
@@ -129,8 +157,8 @@ class StoreWriter:
         if max_tokens is not None and self.n_tokens + n >= max_tokens:
             n = max_tokens - self.n_tokens
             done = True
-        for layer in self.layers:
-            self._buffer[layer].append(acts[layer][:n])
+        for key in self.keys:
+            self._buffer[key].append(acts[key][:n])
         self._meta.append(meta[:n])
         self._buffered += n
         for key, value in excluded.items():
@@ -152,7 +180,7 @@ class StoreWriter:
         self.manifest.update(
             complete=True, n_tokens=n, n_sequences=sum(s["sequences"] for s in shards),
             excluded={k: sum(s["excluded"][k] for s in shards) for k in ("special", "first")},
-            stats={str(layer): self._layer_stats(layer, n) for layer in self.layers})
+            stats={str(key): self._layer_stats(key, n) for key in self.keys})
         write_json(self.path / "manifest.json", self.manifest)
         return self.manifest
 
@@ -163,7 +191,7 @@ class StoreWriter:
         name = f"{index:06d}"
         meta = np.concatenate(self._meta).astype(np.int32)
         with atomic_dir(self.path / "shards" / name) as tmp:
-            for layer in self.layers:
+            for layer in self.keys:
                 rows = np.concatenate(self._buffer[layer]).astype(np.float32, copy=False)
                 if self.np_dtype is np.float16 and rows.size and np.abs(rows).max() > _F16_MAX:
                     raise BitlensError(f"layer {layer} activations exceed the float16 range; use --dtype float32")
@@ -178,7 +206,7 @@ class StoreWriter:
             "docs": [int(meta[:, 0].min()), int(meta[:, 0].max())] if len(meta) else [],
         })
         write_json(self.path / "manifest.json", self.manifest)  # the shard counts from here on
-        self._buffer = {layer: [] for layer in self.layers}
+        self._buffer = {key: [] for key in self.keys}
         self._meta, self._buffered = [], 0
         self._pending = {"special": 0, "first": 0, "sequences": 0}
 
@@ -192,7 +220,7 @@ class StoreWriter:
                 if entry.name not in listed:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
-    def _layer_stats(self, layer: int, n: int) -> dict[str, Any]:
+    def _layer_stats(self, layer: Key, n: int) -> dict[str, Any]:
         total = np.zeros(self.manifest["dim"], dtype=np.float64)
         norms = []
         for shard in self.manifest["shards"]:
@@ -230,6 +258,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _describe(key: Key) -> str:
+    return f"layer {key}" if isinstance(key, int) else f"site {key}"
+
+
 @dataclass
 class TokenMeta:
     """Per-token metadata aligned with a row selection: int arrays ``[n]`` and decoded token texts."""
@@ -256,6 +288,7 @@ class ActivationStore:
             raise BitlensError(f"store {self.path} is incomplete ({done} tokens committed): rerun "
                                "`bitlens extract` with the same settings to resume it")
         self.layers: list[int] = list(self.manifest["layers"])
+        self.sites: list[str] = list(self.manifest.get("sites", []))  # absent in stores older than sites
         self.dim: int = int(self.manifest["dim"])
         self.n_tokens: int = int(self.manifest["n_tokens"])
         self._shards = self.manifest["shards"]
@@ -277,7 +310,7 @@ class ActivationStore:
         expected_dtype = np.dtype(_STORE_DTYPES[self.manifest["dtype"]])
         for shard in self._shards:
             for file, shape, dtype in [(_layer_file(layer), (shard["rows"], self.dim), expected_dtype)
-                                       for layer in self.layers] + [("meta.npy", (shard["rows"], N_META), np.dtype(np.int32))]:
+                                       for layer in self.keys] + [("meta.npy", (shard["rows"], N_META), np.dtype(np.int32))]:
                 where = f"store {self.path}: shard {shard['name']}/{file}"
                 try:
                     array = self._load(shard["name"], file)
@@ -288,11 +321,19 @@ class ActivationStore:
                 if array.shape != shape or array.dtype != dtype:
                     raise BitlensError(f"{where} is {array.dtype}{list(array.shape)}, manifest says {dtype}{list(shape)}")
 
-    def layer_shards(self, layer: int) -> list[np.ndarray]:
-        """Memory-mapped ``[rows, d]`` arrays of one layer, one per shard, in store order."""
-        if layer not in self.layers:
-            raise BitlensError(f"layer {layer} is not in store {self.path} (layers: {self.layers})")
+    @property
+    def keys(self) -> list[Key]:
+        """Residual layers (ints) then named sites (strings)."""
+        return [*self.layers, *self.sites]
+
+    def layer_shards(self, layer: Key) -> list[np.ndarray]:
+        """Memory-mapped ``[rows, d]`` arrays of one layer or site, one per shard, in store order."""
+        if layer not in self.keys:
+            raise BitlensError(f"{_describe(layer)} is not in store {self.path} ({self._contents()})")
         return [self._load(s["name"], _layer_file(layer)) for s in self._shards]
+
+    def _contents(self) -> str:
+        return f"layers: {self.layers}" + (f", sites: {self.sites}" if self.sites else "")
 
     @property
     def meta(self) -> np.ndarray:
@@ -325,26 +366,26 @@ class ActivationStore:
         """Ids (e.g. "sotu/1790_george_washington_n") of the documents that have stored tokens."""
         return [d["id"] for d in self.documents]
 
-    def stats(self, layer: int) -> dict[str, Any]:
+    def stats(self, layer: Key) -> dict[str, Any]:
         """Normalisation statistics of one layer: mean (list [d]), mean_sq_norm, variance, norms, outliers."""
         return self.manifest["stats"][str(layer)]
 
-    def default_layer(self, layer: int | None) -> int:
+    def default_layer(self, layer: Key | None) -> Key:
         if layer is None:
             if len(self.layers) != 1:
                 raise BitlensError(f"store {self.path} has layers {self.layers}: choose one")
             return self.layers[0]
-        if layer not in self.layers:
-            raise BitlensError(f"layer {layer} is not in store {self.path} (layers: {self.layers})")
+        if layer not in self.keys:
+            raise BitlensError(f"{_describe(layer)} is not in store {self.path} ({self._contents()})")
         return layer
 
     # -- views
 
-    def view(self, layer: int | None = None) -> "StoreView":
+    def view(self, layer: Key | None = None) -> "StoreView":
         """All rows of one layer."""
         return StoreView(self, self.default_layer(layer), np.ones(self.n_tokens, dtype=bool))
 
-    def outliers(self, layer: int) -> np.ndarray:
+    def outliers(self, layer: Key) -> np.ndarray:
         """Boolean ``[n_tokens]``: rows whose norm exceeds ``OUTLIER_FACTOR`` times the layer's median norm.
 
         These are attention-sink tokens ("massive activations", e.g. an early position of a sequence with a norm
@@ -355,7 +396,7 @@ class ActivationStore:
         norms = np.concatenate([self._load(s["name"], _layer_file(layer, "norm")) for s in self.manifest["shards"]])
         return norms.astype(np.float64) > OUTLIER_FACTOR * median
 
-    def split(self, val_fraction: float, seed: int, layer: int | None = None, *,
+    def split(self, val_fraction: float, seed: int, layer: Key | None = None, *,
               keep_outliers: bool = False) -> tuple["StoreView", "StoreView"]:
         """Split by document: a seeded random ``val_fraction`` of the documents (at least one when the
         fraction is positive) goes to validation, the rest to training. Returns ``(train, val)``.
@@ -382,7 +423,7 @@ class StoreView:
     with the same ``limit`` and ``seed`` select the same positions, so they line up row for row.
     """
 
-    def __init__(self, store: ActivationStore, layer: int, mask: np.ndarray, *,
+    def __init__(self, store: ActivationStore, layer: Key, mask: np.ndarray, *,
                  buffer_rows: int = 65536, block_rows: int = 256):
         self.store = store
         self.layer = layer
@@ -400,6 +441,12 @@ class StoreView:
         self._run_starts = np.concatenate([[0], np.cumsum(self._runs[:, 2] - self._runs[:, 1])])
         self.n_rows = int(self._run_starts[-1])
         self._global = np.flatnonzero(mask)  # store row index of each view position
+
+    def at(self, key: Key) -> "StoreView":
+        """The same rows of another layer or site of the store: batches and rows line up with this view's
+        (same mask, same buffer settings, so the same shuffle), e.g. transcoder inputs and targets."""
+        return StoreView(self.store, key, np.isin(np.arange(self.store.n_tokens), self._global),
+                         buffer_rows=self.buffer_rows, block_rows=self.block_rows)
 
     @property
     def doc_indices(self) -> np.ndarray:

@@ -67,3 +67,57 @@ def plot_synth(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     b.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_frequency_histograms(frequencies: dict[str, Any], path: str | Path) -> None:
+    """Side-by-side log10 firing-density histograms, one panel per coder, shared bins. Dead features (f = 0)
+    cannot sit on a log axis: they are counted in the panel title with the constant-on (f = 1) ones; dashed lines
+    mark the dense thresholds 0.1 and 0.5."""
+    import numpy as np
+
+    names = list(frequencies)
+    if not names:
+        return
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    alive = [np.asarray(frequencies[n])[np.asarray(frequencies[n]) > 0] for n in names]
+    low = min([float(np.log10(a.min())) for a in alive if len(a)] + [-5.0])
+    bins = np.linspace(np.floor(low), 0, 41)
+    for ax, name, a in zip(axes.flat, names, alive):
+        f = np.asarray(frequencies[name])
+        ax.hist(np.log10(a), bins=bins, color="C0")
+        ax.axvline(-1, color="r", ls="--", lw=1)
+        ax.axvline(np.log10(0.5), color="r", ls=":", lw=1)
+        ax.set_title(f"{name}: {int((f == 0).sum())} dead, {int((f == 1).sum())} always on / {len(f)}", fontsize=9)
+        ax.set_xlabel("log10 firing frequency")
+        ax.set_ylabel("features")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_unit_counts(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Per coder: dead / dense / constant-on fractions, FVU and CE recovered, as grouped bars."""
+    import numpy as np
+
+    names = [r["name"] for r in rows]
+    x = np.arange(len(names))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    for i, (key, label) in enumerate([("dead_frac", "dead"), ("dense_frac", "dense f > 0.1"),
+                                      ("dense_half_frac", "dense f > 0.5"), ("constant_on_frac", "constant-on")]):
+        a.bar(x + (i - 1.5) * 0.2, [r[key] for r in rows], 0.2, label=label)
+    a.set_xticks(x, names, rotation=20)
+    a.set_ylabel("fraction of features")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3, axis="y")
+    for i, (key, label) in enumerate([("fvu", "FVU"), ("ce_recovered", "CE recovered (zero abl.)"),
+                                      ("cosine", "cosine")]):
+        b.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=label)
+    b.set_xticks(x, names, rotation=20)
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,8 +1,10 @@
 """The training loop: Adam over any row source, periodic evaluation, JSONL metrics, resumable checkpoints.
 
-The trainer never sees where rows come from (an array in memory, a file, the activation store). Batch order is a
-pure function of (seed, epoch), and the checkpoint holds the weights, Adam's state and the step, so a resumed run
-repeats an uninterrupted one bit for bit.
+The trainer never sees where rows come from (an array in memory, a file, the activation store) nor which coder it
+trains: the objective comes from ``objectives.OBJECTIVES`` by the coder's architecture (the BAE's is its fused
+fast step). Batches are row tensors, or (input, target) pairs for transcoders. Batch order is a pure function of
+(seed, epoch), and the checkpoint holds the weights, Adam's state and the step, so a resumed run repeats an
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from ..data.sources import RowSource
 from ..io import BitlensError
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
-from .objective import bae_objective
 from .schedules import cosine_tail
 
 CHECKPOINT = "checkpoint"
@@ -44,9 +45,10 @@ def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) 
     return model
 
 
-def data_variance(model: BinaryAutoencoder, sample: torch.Tensor) -> float:
-    """E||x/s - mean||^2 of the normalised sample: the denominator of the scale_free reconstruction term."""
-    xn = sample.double() / float(model.input_scale)
+def data_variance(model: torch.nn.Module, sample: torch.Tensor) -> float:
+    """E||y/s - mean||^2 of the normalised (target) sample: the denominator of the scale_free reconstruction
+    term; s is the coder's output scale (its input scale when it has none: target = input)."""
+    xn = sample.double() / float(getattr(model, "output_scale", model.input_scale))
     return float((xn - xn.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12))
 
 
@@ -66,11 +68,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _targets(source: RowSource, limit: int) -> torch.Tensor:
+    """Target rows of a source: its rows, or the aligned targets of a paired (transcoder) source."""
+    return source.target_rows(limit) if hasattr(source, "target_rows") else source.rows(limit)
+
+
+def _to(batch, device: torch.device):
+    if isinstance(batch, (tuple, list)):
+        return tuple(b.to(device, non_blocking=True) for b in batch)
+    return batch.to(device, non_blocking=True)
+
+
+def _rows_in(batch) -> int:
+    return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
+
+
 class Trainer:
-    def __init__(self, model: BinaryAutoencoder, train: RowSource, val: RowSource | None,
-                 cfg: TrainConfig, loss: LossConfig, out_dir: str | Path, variance: float | None = None):
+    def __init__(self, model: torch.nn.Module, train: RowSource, val: RowSource | None,
+                 cfg: TrainConfig, loss: Any, out_dir: str | Path, variance: float | None = None):
         if train.dim != model.d_in:
             raise BitlensError(f"data has dimension {train.dim} but the coder expects {model.d_in}")
+        from .objectives import objective_for
+
+        self.spec = objective_for(model.architecture)
+        if not isinstance(loss, self.spec.loss_config):
+            raise BitlensError(f"{model.architecture} trains with a {self.spec.loss_config.__name__}, "
+                               f"not a {type(loss).__name__}")
         self.cfg, self.loss_cfg = cfg, loss
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
@@ -81,13 +104,14 @@ class Trainer:
         self.total_steps = (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
-        self.variance = variance if variance is not None else data_variance(model, train.rows(65536))
+        self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         self._running: dict[str, float] = {}
-        self._val_cache: torch.Tensor | None = None
+        self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
+                "architecture": self.model.architecture,
                 "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
 
     def save(self) -> Path:
@@ -117,7 +141,10 @@ class Trainer:
         if refused:
             raise BitlensError(f"cannot change {', '.join(refused)} when resuming (it would not be the same run)")
         saved_cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
-        trainer = cls(model, train, val, saved_cfg, LossConfig.from_dict(state["loss_config"]), out_dir,
+        from .objectives import objective_for
+
+        loss_cls = objective_for(model.architecture).loss_config
+        trainer = cls(model, train, val, saved_cfg, loss_cls.from_dict(state["loss_config"]), out_dir,
                       variance=state["variance"])
         restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
         trainer.step = state["step"]
@@ -139,7 +166,7 @@ class Trainer:
             # only full batches, and exactly steps_per_epoch of them, so step -> (epoch, offset) stays exact
             # whatever a source does with its last partial batch
             batches = (b for b in self.train_rows.batches(self.batch_size, epoch, self.cfg.seed, start=offset)
-                       if b.shape[0] == self.batch_size)
+                       if _rows_in(b) == self.batch_size)
             yield from itertools.islice(batches, self.steps_per_epoch - offset)
             epoch, offset = epoch + 1, 0
 
@@ -158,11 +185,12 @@ class Trainer:
         try:
             with _sigterm_as_interrupt():
                 batches = self._batches()
+                objective = self.spec.objective
                 while self.step < stop:
-                    x = next(batches).to(self.device, non_blocking=True)
+                    x = _to(next(batches), self.device)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
-                    terms = bae_objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    terms = objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
                     self.opt.step()
@@ -172,7 +200,8 @@ class Trainer:
                     if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
                         last = self.log()
                         bar.set_postfix(fvu=f"{last.get('val/fvu', float('nan')):.3f}",
-                                        H=f"{last.get('val/entropy_bits', float('nan')):.1f}")
+                                        H=f"{last.get('val/entropy_bits', float('nan')):.1f}",
+                                        L0=f"{last.get('val/l0', float('nan')):.1f}")
                     if self.step % self.cfg.checkpoint_every == 0 and self.step < self.total_steps:
                         self.save()
         except KeyboardInterrupt:
@@ -185,21 +214,24 @@ class Trainer:
         return last
 
     def _accumulate(self, terms) -> None:
+        """Running sums of the tensor-valued loss terms (weights and other plain numbers are not logged)."""
         r = self._running
         r["n"] = r.get("n", 0) + 1
-        for name, value in (("loss", terms.loss), ("recon", terms.recon), ("entropy_bits", terms.entropy),
-                            ("covariance", terms.covariance)):
-            r[name] = r.get(name, 0.0) + float(value.detach())
+        for name, value in terms._asdict().items():
+            if isinstance(value, torch.Tensor):
+                name = self.spec.log_names.get(name, name)
+                r[name] = r.get(name, 0.0) + float(value.detach())
 
     def evaluate(self) -> dict[str, float]:
         """Statistics of the current coder on (at most eval_rows of) the validation rows."""
         if self.val_rows is None or self.val_rows.n_rows == 0:
             return {}
         if self._val_cache is None:
-            self._val_cache = self.val_rows.rows(self.cfg.eval_rows)
+            targets = _targets(self.val_rows, self.cfg.eval_rows) if hasattr(self.val_rows, "target_rows") else None
+            self._val_cache = (self.val_rows.rows(self.cfg.eval_rows), targets)
         was_training = self.model.training
         self.model.eval()
-        stats = coder_statistics(self.model, self._val_cache)
+        stats = coder_statistics(self.model, *self._val_cache)
         self.model.train(was_training)
         return stats
 

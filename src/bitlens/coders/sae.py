@@ -1,0 +1,196 @@
+"""SAE baselines with the BAE's interface: ReLU + L1, TopK, JumpReLU, and the transcoder.
+
+All share one skeleton: ``a = act(W_enc x / s_in + b_enc)``, ``x_hat = s_out (W_dec a + b_dec)``. ``s_in`` and
+``s_out`` are stored scalars fitted so that E||x/s||^2 = d (as for the BAE), so the loss weights do not depend on
+the scale of the hidden states; callers always see the original space. For an SAE the target is the input and
+``s_out = s_in``; a transcoder maps one site (an MLP's input) to another (its output) and fits both.
+
+| architecture   | act(z)                                             | sparsity term (loss config ``weight``)       |
+|----------------|----------------------------------------------------|----------------------------------------------|
+| ``relu_sae``   | ReLU                                               | L1 of a_j weighted by decoder norms ||d_j||  |
+| ``topk_sae``   | ReLU, then keep the k largest (exactly k rows' entries) | none (sparsity is structural)           |
+| ``jumprelu_sae`` | z * 1[z > theta_j], theta learned (``jumprelu.py``) | L0 through the step's pseudo-derivative  |
+| ``transcoder`` | ReLU (or identity, as the official code)           | L1 as relu_sae                               |
+
+Official-code variants (paper.md section 6) are options: ``topk_relu=False`` (TopK on raw pre-activations, negatives
+survive), ``learn_threshold=False`` with ``threshold=0.5`` (the fixed-theta "JumpReLU"), transcoder
+``activation="identity"`` (a linear map with L1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from ..config import Serializable
+from .jumprelu import jumprelu
+
+TranscoderActivation = Literal["relu", "identity"]
+
+
+@dataclass
+class SAEConfig(Serializable):
+    """Architecture of an SAE baseline or transcoder (fields not used by an architecture are ignored)."""
+
+    d_in: int = field(default=0, metadata={"cmd": False})
+    """Input size d (set from the data)."""
+    d_out: int = field(default=0, metadata={"cmd": False})
+    """Output size (0 = d_in; a transcoder's target size)."""
+    expansion: int = 4
+    """Width = expansion * d_in (ignored when d_code is set); 4 matches the BAE."""
+    d_code: int = 0
+    """Explicit width; 0 means expansion * d_in."""
+    k: int = 32
+    """topk_sae: active features per token."""
+    topk_relu: bool = True
+    """topk_sae: ReLU before TopK (field standard); False = the official code's TopK on raw pre-activations."""
+    threshold: float = 0.01
+    """jumprelu_sae: initial threshold (normalised pre-activation units); the fixed value when not learned."""
+    learn_threshold: bool = True
+    """jumprelu_sae: learn the thresholds (False with threshold 0.5 = the official code's fixed-theta variant)."""
+    bandwidth: float = 0.05
+    """jumprelu_sae: width of the rectangle kernel of the threshold's pseudo-derivative (0.001 as Gemma Scope
+    needs far longer training than a few thousand steps: the thresholds barely move and L0 stays in the hundreds)."""
+    activation: TranscoderActivation = "relu"
+    """transcoder: relu, or identity (the official code's default: a linear map trained with L1)."""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 0 or self.d_out < 0 or self.expansion < 1 or self.d_code < 0:
+            raise ValueError("d_in, d_out, d_code must be >= 0 and expansion >= 1")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.bandwidth <= 0:
+            raise ValueError(f"bandwidth must be positive, got {self.bandwidth}")
+        if self.activation not in ("relu", "identity"):
+            raise ValueError(f"unknown activation {self.activation!r}; choose relu or identity")
+
+    @property
+    def width(self) -> int:
+        return self.d_code or self.expansion * self.d_in
+
+    @property
+    def out_dim(self) -> int:
+        return self.d_out or self.d_in
+
+
+class SAEOutput(NamedTuple):
+    reconstruction: torch.Tensor
+    """[B, d_out] decoded vectors, in the caller's (unnormalised) space."""
+    code: torch.Tensor
+    """[B, width] feature activations (>= 0 except for the official TopK / identity transcoder)."""
+    pre_activation: torch.Tensor
+    """[B, width] encoder output before the activation (normalised space)."""
+
+
+class SparseCoder(nn.Module):
+    """Shared skeleton; subclasses define ``activate`` and set ``architecture``."""
+
+    architecture = ""
+    binary = False  # activations are real-valued; a feature "fires" when its activation is non-zero
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.d_in <= 0:
+            raise ValueError("SAEConfig.d_in must be set to the input size")
+        self.cfg = cfg
+        self.encoder = nn.Linear(cfg.d_in, cfg.width)
+        self.decoder = nn.Linear(cfg.width, cfg.out_dim)
+        with torch.no_grad():  # decoder starts as the encoder's transpose with short columns; encoder bias 0
+            if cfg.out_dim == cfg.d_in:
+                self.decoder.weight.copy_(self.encoder.weight.t())
+            self.decoder.weight.mul_(0.1 / self.decoder.weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
+            self.encoder.bias.zero_()
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(()))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw inputs -> [..., width] pre-activations."""
+        return self.encoder(x / self.input_scale)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw inputs -> [..., width] feature activations."""
+        return self.activate(self.pre_activation(x))
+
+    def decode_normalized(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """[..., width] activations -> [..., d_out] reconstruction in the raw target space."""
+        return self.decoder(code) * self.output_scale
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        pre = self.pre_activation(x)
+        code = self.activate(pre)
+        return SAEOutput(self.decode(code), code, pre)
+
+    @torch.no_grad()
+    def fit_scales(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Set s_in (and s_out from ``target``, else s_out = s_in) so that E||v/s||^2 = dim on the samples [N, *]."""
+        def rms(v):
+            return float((v.double().pow(2).sum(-1).mean() / v.shape[-1]).sqrt().clamp_min(1e-12))
+        self.input_scale.fill_(rms(x))
+        self.output_scale.fill_(rms(target) if target is not None else rms(x))
+
+    def decoder_norms(self) -> torch.Tensor:
+        """[width] L2 norms of the decoder columns (normalised space)."""
+        return self.decoder.weight.norm(dim=0)
+
+
+class ReLUSAE(SparseCoder):
+    architecture = "relu_sae"
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+
+class TopKSAE(SparseCoder):
+    architecture = "topk_sae"
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Keep the k largest entries of each row (after ReLU by default), zero the rest. With ReLU, rows with
+        fewer than k positive pre-activations keep fewer non-zeros."""
+        z = torch.relu(pre) if self.cfg.topk_relu else pre
+        k = min(self.cfg.k, z.shape[-1])
+        values, index = z.topk(k, dim=-1, sorted=False)
+        return torch.zeros_like(z).scatter(-1, index, values)
+
+
+class JumpReLUSAE(SparseCoder):
+    architecture = "jumprelu_sae"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        theta = torch.full((cfg.width,), float(cfg.threshold))
+        if cfg.learn_threshold:
+            self.threshold = nn.Parameter(theta)
+        else:
+            self.register_buffer("threshold", theta)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.learn_threshold:
+            return pre * (pre > self.threshold).to(pre.dtype)
+        return jumprelu(pre, self.threshold, self.cfg.bandwidth)
+
+
+class Transcoder(SparseCoder):
+    """Maps one site to another (default: block L's MLP input to its output). Which sites is a data choice made
+    by the caller (``bitlens compare --transcoder_variant``); the module only knows d_in, d_out."""
+
+    architecture = "transcoder"
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre) if self.cfg.activation == "relu" else pre

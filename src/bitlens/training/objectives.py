@@ -1,0 +1,74 @@
+"""Which objective, loss config and initialisation each architecture trains with.
+
+The trainer is architecture-agnostic: it asks this registry for the pure loss function of the coder it trains
+(``objective(model, batch, loss_cfg, variance, step, total_steps) -> NamedTuple`` whose first field ``loss`` is
+back-propagated and whose other tensor fields are logged as ``train/<name>``), and for the loss config class to
+rebuild on resume. The BAE keeps its fused fast step (``objective.bae_objective``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..coders.registry import REGISTRY, build
+from ..io import BitlensError
+from .config import LossConfig
+from .objective import bae_objective
+from .sae_objective import SparsityConfig, sae_objective
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    objective: Callable[..., Any]
+    """(model, batch, loss_cfg, variance, step, total_steps) -> NamedTuple of loss terms (first field: loss)."""
+    loss_config: type
+    """Serializable dataclass of the objective's settings."""
+    log_names: dict[str, str] = field(default_factory=dict)
+    """Renames of term fields in the metrics log (e.g. the BAE's entropy is logged as entropy_bits)."""
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "bae": ObjectiveSpec(bae_objective, LossConfig, {"entropy": "entropy_bits"}),
+    **{arch: ObjectiveSpec(sae_objective, SparsityConfig)
+       for arch in ("relu_sae", "topk_sae", "jumprelu_sae", "transcoder", "random")},
+}
+
+
+def register_objective(architecture: str, spec: ObjectiveSpec) -> None:
+    OBJECTIVES[architecture] = spec
+
+
+def objective_for(architecture: str) -> ObjectiveSpec:
+    if architecture not in OBJECTIVES:
+        raise BitlensError(f"no training objective for architecture {architecture!r}; "
+                           f"trainable: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[architecture]
+
+
+def default_coder_config(architecture: str) -> Any:
+    if architecture not in REGISTRY:
+        raise BitlensError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[architecture][1]()
+
+
+def init_coder(architecture: str, cfg: Any, sample: torch.Tensor, loss: Any, seed: int,
+               target_sample: torch.Tensor | None = None) -> torch.nn.Module:
+    """A fresh coder for rows like ``sample`` [n, d] (and targets like ``target_sample``): seeded init, input
+    (and output) scale fitted, decoder bias at the normalised target mean. ``cfg.d_in`` (and ``d_out``) must be set.
+    The random control's thresholds still need ``match_rates``."""
+    if architecture == "bae":
+        from .trainer import init_bae
+
+        return init_bae(cfg, sample, loss, seed)
+    torch.manual_seed(seed)
+    model = build(architecture, cfg)
+    if hasattr(model, "fit_scales"):
+        model.fit_scales(sample, target_sample)
+    with torch.no_grad():
+        target = target_sample if target_sample is not None else sample
+        scale = getattr(model, "output_scale", model.input_scale)
+        model.decoder.bias.copy_((target / scale).mean(0))
+    return model
