@@ -138,6 +138,25 @@ def _run_demo(args, argv) -> int:
     return 0
 
 
+# ---- interpret -------------------------------------------------------------------------------------------------
+def _register_interpret(p) -> None:
+    from ..interpretation.config import InterpretConfig
+
+    p.add_arguments(InterpretConfig, dest="interpret")
+
+
+def _run_interpret(args, argv) -> int:
+    from ..interpretation.pipeline import run_interpret
+
+    summary = run_interpret(args.interpret)
+    if "n_scored" in summary:
+        print(f"{summary['n_scored']} of {summary['n_features']} features scored; interpretable by threshold "
+              f"{summary['n_interpretable']}; mean {summary['score_name']} {summary['mean_score']}; "
+              f"{summary['usage']['calls']} LLM calls, {summary['usage']['cache_hits']} cache hits; "
+              f"wrote {args.interpret.out}/summary.json")
+    return 0
+
+
 COMMANDS = [
     Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
             _register_extract, _run_extract),
@@ -146,5 +165,7 @@ COMMANDS = [
             _register_synth, _run_synth),
     Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features.",
             _register_demo, _run_demo),
+    Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
+            _register_interpret, _run_interpret),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
