@@ -29,7 +29,7 @@ class CoderScan:
 def _chunks(store: ActivationStore, layer: int, chunk: int) -> Iterator[torch.Tensor]:
     for array in store.layer_shards(layer):
         for lo in range(0, len(array), chunk):
-            yield torch.from_numpy(np.asarray(array[lo:lo + chunk], dtype=np.float32))
+            yield torch.from_numpy(np.array(array[lo:lo + chunk], dtype=np.float32))
 
 
 @torch.no_grad()

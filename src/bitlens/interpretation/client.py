@@ -48,16 +48,18 @@ class LLMClient:
                 raise BudgetExhausted(f"--max_calls {self.max_calls} reached ({self.usage.calls} calls made)")
             if self.max_cost and self.usage.cost >= self.max_cost:
                 raise BudgetExhausted(f"--max_cost {self.max_cost} reached (${self.usage.cost:.4f} spent)")
-            fresh = await self.backend.complete_many([requests[i] for i in missing])
-            self.usage.calls += len(fresh)
-            self.usage.by_stage[stage] = self.usage.by_stage.get(stage, 0) + len(fresh)
-            for i, reply in zip(missing, fresh):
+            def arrived(j: int, reply: Reply) -> None:
+                i = missing[j]
                 replies[i] = reply
+                self.usage.calls += 1
+                self.usage.by_stage[stage] = self.usage.by_stage.get(stage, 0) + 1
                 self.usage.prompt_tokens += reply.prompt_tokens
                 self.usage.completion_tokens += reply.completion_tokens
                 self.usage.latency_s += reply.latency_s
                 self.usage.errors += bool(reply.error)
                 self.usage.cost += (reply.prompt_tokens * self.price_input
                                     + reply.completion_tokens * self.price_output) / 1e6
-            self.cache.put_many([(keys[i], self.backend.identity, template, replies[i]) for i in missing])
+                self.cache.put_many([(keys[i], self.backend.identity, template, reply)])  # paid for: keep it
+
+            await self.backend.complete_many([requests[i] for i in missing], on_reply=arrived)
         return list(zip(keys, replies))  # type: ignore[arg-type]

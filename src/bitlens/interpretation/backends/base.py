@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ...io import BitlensError
 
@@ -56,14 +56,23 @@ class Backend:
     async def complete(self, request: ChatRequest) -> Reply:
         raise NotImplementedError
 
-    async def complete_many(self, requests: list[ChatRequest]) -> list[Reply]:
+    async def complete_many(self, requests: list[ChatRequest],
+                            on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
+        """Replies in request order; ``on_reply(i, reply)`` runs as each one arrives, so the caller can cache it
+        before a later request fails."""
         gate = asyncio.Semaphore(self.concurrency)
+        replies: list[Reply | None] = [None] * len(requests)
 
-        async def one(r: ChatRequest) -> Reply:
+        async def one(i: int, r: ChatRequest) -> None:
             async with gate:
-                return await self.complete(r)
+                replies[i] = await self.complete(r)
+            if on_reply is not None:
+                on_reply(i, replies[i])
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the requests still waiting
+            for i, r in enumerate(requests):
+                group.create_task(one(i, r))
+        return replies  # type: ignore[return-value]
 
     def count_tokens(self, text: str) -> int:
         """Prompt-token estimate for dry runs (about 4 characters per token unless the backend knows better)."""

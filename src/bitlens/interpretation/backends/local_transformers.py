@@ -199,7 +199,11 @@ class LocalBackend(Backend):
     async def complete(self, request: ChatRequest) -> Reply:
         return (await self.complete_many([request]))[0]
 
-    async def complete_many(self, requests: list[ChatRequest]) -> list[Reply]:
+    async def complete_many(self, requests: list[ChatRequest], on_reply=None) -> list[Reply]:
         if not requests:
             return []
-        return await asyncio.to_thread(self._run, requests)
+        replies = await asyncio.to_thread(self._run, requests)
+        if on_reply is not None:
+            for i, r in enumerate(replies):
+                on_reply(i, r)
+        return replies
