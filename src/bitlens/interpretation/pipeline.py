@@ -171,35 +171,44 @@ def dry_run(job: Job, echo: Callable[[str], None] = print) -> dict[str, Any]:
     mode = _mode(job.cfg)
     explain_t, judge_t = (COMSEM_EXPLAIN, COMSEM_JUDGE) if job.cfg.mode == "comsem" else (EXPLAIN, JUDGE)
     client, backend = job.client, job.client.backend
-    calls = tokens = cached = scored = 0
     statuses: dict[str, int] = {}
+    planned: list = []  # (request, template, stage)
+    explanations, items = {}, {}
     for f in job.features:  # type: ignore[attr-defined]
         record, examples = mode.sample_feature(job, f)
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
         if record["status"] != "ok":
             continue
-        scored += 1
         request = mode.explain_prompt(examples)
         hit = client.cache.get(cache_key(backend.identity, request, explain_t.version))
-        explanation = (parse_explanation(hit.text) if hit else None) or _PLACEHOLDER
-        requests = [(request, explain_t)] + [(mode.judge_prompt(explanation, it), judge_t)
-                                             for it in mode.test_items(examples, job.cfg.seed, f)]
-        for r, t in requests:
-            if client.cache.get(cache_key(backend.identity, r, t.version)) is not None:
-                cached += 1
-            else:
-                calls += 1
-                tokens += backend.prompt_tokens(r)
-    judge_per_feature = (calls - scored) / scored if scored else 0
-    control_calls = round(len(control_pairs(list(range(scored)), job.cfg.control_fraction, job.cfg.seed))
-                          * judge_per_feature)
+        explanations[f] = (parse_explanation(hit.text) if hit else None) or _PLACEHOLDER
+        items[f] = mode.test_items(examples, job.cfg.seed, f)
+        planned.append((request, explain_t, "explain"))
+        planned += [(mode.judge_prompt(explanations[f], it), judge_t, "score") for it in items[f]]
+    for f, donor in control_pairs(sorted(explanations), job.cfg.control_fraction, job.cfg.seed):
+        planned += [(mode.judge_prompt(explanations[donor], it), judge_t, "control") for it in items[f]]
+    calls: dict[str, int] = {}
+    tokens = cached = 0
+    for request, template, stage in planned:
+        if client.cache.get(cache_key(backend.identity, request, template.version)) is not None:
+            cached += 1
+        else:
+            calls[stage] = calls.get(stage, 0) + 1
+            tokens += backend.prompt_tokens(request)
     cost = tokens * job.cfg.price_input / 1e6
-    report = {"features": len(job.features), "statuses": statuses, "calls": calls + control_calls,  # type: ignore[attr-defined]
-              "calls_controls": control_calls, "cached": cached, "prompt_tokens": tokens,
-              "estimated_input_cost": cost}
-    echo(f"dry run: {report['calls']} calls ({control_calls} for controls, estimated), {cached} already cached, "
-         f"{tokens} prompt tokens (controls not counted), estimated input cost ${cost:.4f}; statuses {statuses}")
+    report = {"features": len(job.features), "statuses": statuses, "calls": sum(calls.values()),  # type: ignore[attr-defined]
+              "calls_by_stage": calls, "cached": cached, "prompt_tokens": tokens, "estimated_input_cost": cost}
+    echo(f"dry run: {report['calls']} calls {calls}, {cached} already cached, {tokens} prompt tokens, "
+         f"estimated input cost ${cost:.4f} (judge prompts use a placeholder where no explanation is cached); "
+         f"statuses {statuses}")
     return report
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
@@ -221,9 +230,10 @@ def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
     try:
         asyncio.run(_run_all(job, mode, state))
     except* BudgetExhausted as group:
-        stopped = str(group.exceptions[0])
+        stopped = str(_leaf(group))
     except* BackendFatal as group:
-        stopped, fatal = str(group.exceptions[0]), group.exceptions[0]
+        fatal = _leaf(group)
+        stopped = str(fatal)
     summary = write_results(out, cfg, job, mode, state, stopped=stopped, elapsed=time.perf_counter() - started)
     job.units.close()
     job.client.cache.close()

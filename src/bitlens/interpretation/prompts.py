@@ -137,9 +137,10 @@ def parse_choice(text: str, choices: tuple[str, ...] = YES_NO) -> str | None:
 
 def parse_explanation(text: str) -> str | None:
     """First non-empty line, without a leading label or quotes, at most 200 characters; None if empty."""
+    keep = _STRIP.replace(".", "").replace("(", "").replace(")", "")
     for line in text.replace(DATA_OPEN, "\n").replace(DATA_CLOSE, "\n").splitlines():
-        line = re.sub(r"^\s*(the property|explanation|answer|description)\s*:\s*", "", line, flags=re.I)
-        line = line.strip(_STRIP.replace(".", "").replace("(", "").replace(")", "")).strip()
+        line = line.strip(keep)
+        line = re.sub(r"^(the property|explanation|answer|description)\s*:\s*", "", line, flags=re.I).strip(keep)
         if line:
             return line[:200]
     return None

@@ -23,9 +23,9 @@ def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_AP
     """Build the backend named by ``spec``; heavy dependencies are imported only for the kind chosen."""
     kind, model = parse_spec(spec)
     if kind == "replay":
-        inner_kind, inner_model = parse_spec(model)
-        if inner_kind == "replay":
-            raise BitlensError("replay:replay:... makes no sense")
+        inner_kind, sep, inner_model = model.partition(":")
+        if inner_kind == "replay" or not sep or not inner_model:
+            raise BitlensError(f"replay needs the backend it replays, e.g. replay:openai:MODEL, not {spec!r}")
         from .replay import ReplayBackend
 
         return ReplayBackend((inner_kind, inner_model))
