@@ -29,6 +29,8 @@ class Job:
     client: LLMClient
     units: UnitStore
     fingerprint: str
+    features: list[int]  # the chosen features, in order
+    inputs: dict[str, Any]  # provenance for the manifest and summary
 
     def state(self, feature: int) -> tuple[np.ndarray, str, float]:
         """Minority-state mask [n], polarity ('on' or 'off') and the minority state's corpus rate."""

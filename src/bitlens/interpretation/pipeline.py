@@ -93,13 +93,11 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     client = LLMClient(backend, cache, max_calls=cfg.max_calls, max_cost=cfg.max_cost,
                        price_input=cfg.price_input, price_output=cfg.price_output)
     fingerprint = _fingerprint(cfg, coder_id, store, backend.identity, layer)
-    job = Job(cfg, table, stats, acts, {f: i for i, f in enumerate(features)}, topk, client,
-              UnitStore(out / "units.sqlite"), fingerprint)
-    job.features = features  # type: ignore[attr-defined]
-    job.inputs = {"coder": str(cfg.coder), "coder_sha256": coder_id, "architecture": getattr(coder, "architecture", ""),  # type: ignore[attr-defined]
-                  "store": str(cfg.store), "store_settings": store.manifest.get("settings"), "layer": layer,
-                  "llm": list(backend.identity), "templates": _templates(cfg), "unit_fingerprint": fingerprint}
-    return job
+    inputs = {"coder": str(cfg.coder), "coder_sha256": coder_id, "architecture": getattr(coder, "architecture", ""),
+              "store": str(cfg.store), "store_settings": store.manifest.get("settings"), "layer": layer,
+              "llm": list(backend.identity), "templates": _templates(cfg), "unit_fingerprint": fingerprint}
+    return Job(cfg, table, stats, acts, {f: i for i, f in enumerate(features)}, topk, client,
+               UnitStore(out / "units.sqlite"), fingerprint, features, inputs)
 
 
 async def _feature(job: Job, mode, f: int, state: dict) -> None:
@@ -132,7 +130,7 @@ def control_pairs(scored: list[int], fraction: float, seed: int) -> list[tuple[i
 
 async def _controls(job: Job, mode, state: dict, progress: bool) -> None:
     records = state["records"]
-    scored = [f for f in job.features if records.get(f, {}).get("score")]  # type: ignore[attr-defined]
+    scored = [f for f in job.features if records.get(f, {}).get("score")]
     for f, donor in tqdm(control_pairs(scored, job.cfg.control_fraction, job.cfg.seed), desc="controls",
                          disable=not progress, leave=False):
         items = mode.test_items(state["examples"][f], job.cfg.seed, f)
@@ -145,7 +143,7 @@ async def _controls(job: Job, mode, state: dict, progress: bool) -> None:
 
 async def _run_all(job: Job, mode, state: dict) -> None:
     cfg = job.cfg
-    features = job.features  # type: ignore[attr-defined]
+    features = job.features
     parallel = 1 if job.client.backend.kind == "local" else cfg.concurrency
     gate = asyncio.Semaphore(parallel)
     bar = tqdm(total=len(features), desc="features", disable=not cfg.progress)
@@ -174,7 +172,7 @@ def dry_run(job: Job, echo: Callable[[str], None] = print) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     planned: list = []  # (request, template, stage)
     explanations, items = {}, {}
-    for f in job.features:  # type: ignore[attr-defined]
+    for f in job.features:
         record, examples = mode.sample_feature(job, f)
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
         if record["status"] != "ok":
@@ -196,7 +194,7 @@ def dry_run(job: Job, echo: Callable[[str], None] = print) -> dict[str, Any]:
             calls[stage] = calls.get(stage, 0) + 1
             tokens += backend.prompt_tokens(request)
     cost = tokens * job.cfg.price_input / 1e6
-    report = {"features": len(job.features), "statuses": statuses, "calls": sum(calls.values()),  # type: ignore[attr-defined]
+    report = {"features": len(job.features), "statuses": statuses, "calls": sum(calls.values()),
               "calls_by_stage": calls, "cached": cached, "prompt_tokens": tokens, "estimated_input_cost": cost}
     echo(f"dry run: {report['calls']} calls {calls}, {cached} already cached, {tokens} prompt tokens, "
          f"estimated input cost ${cost:.4f} (judge prompts use a placeholder where no explanation is cached); "
@@ -220,7 +218,7 @@ def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
         return dry_run(job, echo)
     out = Path(cfg.out)
     write_manifest(out, command="interpret", config=cfg.to_dict(), seeds={"seed": cfg.seed},
-                   inputs=job.inputs)  # type: ignore[attr-defined]
+                   inputs=job.inputs)
     resumed = job.units.count(job.fingerprint)
     if resumed:
         echo(f"resuming: {resumed} finished work units in {out / 'units.sqlite'}")

@@ -56,11 +56,19 @@ class Backend:
     async def complete(self, request: ChatRequest) -> Reply:
         raise NotImplementedError
 
+    def _gate(self) -> asyncio.Semaphore:
+        """One semaphore per backend and event loop: at most ``concurrency`` requests in flight in all, however
+        many features run at once."""
+        loop = asyncio.get_running_loop()
+        if getattr(self, "_gate_loop", None) is not loop:
+            self._gate_loop, self._semaphore = loop, asyncio.Semaphore(self.concurrency)
+        return self._semaphore
+
     async def complete_many(self, requests: list[ChatRequest],
                             on_reply: Callable[[int, Reply], None] | None = None) -> list[Reply]:
         """Replies in request order; ``on_reply(i, reply)`` runs as each one arrives, so the caller can cache it
         before a later request fails."""
-        gate = asyncio.Semaphore(self.concurrency)
+        gate = self._gate()
         replies: list[Reply | None] = [None] * len(requests)
 
         async def one(i: int, r: ChatRequest) -> None:
