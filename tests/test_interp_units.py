@@ -141,3 +141,21 @@ def test_choose_features_is_stratified_and_skips_dead():
     assert len(chosen) == 12 and "dead" not in bins and "always_on" not in bins
     assert bins.count(">=0.5") == 4 and bins.count("1e-4..1e-3") == 4 and bins.count("1e-2..0.1") == 4
     assert chosen == choose_features(rate, 12, seed=0) and chosen != choose_features(rate, 12, seed=1)
+
+
+def test_prompts_match_golden_snapshot():
+    """Every template rendered for fixed inputs. A deliberate prompt change regenerates tests/golden/interp_prompts.json
+    (and changes the template versions, so cached replies of the old prompt are not reused)."""
+    import json
+    from pathlib import Path
+
+    from bitlens.interpretation import prompts as P
+
+    golden = json.loads((Path(__file__).parent / "golden" / "interp_prompts.json").read_text())
+    item = P.comsem_item("␣whale", 3, "the great⟦␣whale⟧ rose")
+    assert golden["versions"] == {t.name: t.version for t in (P.EXPLAIN, P.JUDGE, P.COMSEM_EXPLAIN, P.COMSEM_JUDGE)}
+    assert golden["explain"] == [list(m) for m in P.explain_request(["the great⟦␣whale⟧ rose", "a⟦␣whale⟧"],
+                                                                    ["the⟦␣whale⟧ boat"]).messages]
+    assert golden["judge"] == [list(m) for m in P.judge_request("whales", "the great⟦␣whale⟧ rose").messages]
+    assert golden["comsem_explain"] == [list(m) for m in P.comsem_explain_request([item]).messages]
+    assert golden["comsem_judge"] == [list(m) for m in P.comsem_judge_request("whales", item).messages]
