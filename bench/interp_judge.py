@@ -35,13 +35,14 @@ def main() -> None:
     parser.add_argument("--store", default="/work/main/runs/demo/activations")
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", default="runs/bench/interp_judge.json")
     args = parser.parse_args()
 
     table = TokenTable(ActivationStore(args.store))
     rows = torch.randperm(table.n, generator=torch.Generator().manual_seed(0))[:args.items].tolist()
     requests = [judge_request("words about ships and the sea", mark_context(*table.context(r, 16, 3))) for r in rows]
-    backend = LocalBackend("embedded", concurrency=args.batch)
+    backend = LocalBackend("embedded", concurrency=args.batch, dtype=args.dtype)
     asyncio.run(backend.complete_many(requests[:2]))  # warm-up (and caches the shared prefix once)
     backend.prefixes.entries.clear()
 
@@ -58,7 +59,7 @@ def main() -> None:
             naive.append("Yes" if yes > no else "No")
     t_naive = time.perf_counter() - started
 
-    result = {"items": len(requests), "batch": args.batch, "threads": torch.get_num_threads(),
+    result = {"items": len(requests), "batch": args.batch, "dtype": args.dtype, "threads": torch.get_num_threads(),
               "prompt_tokens_mean": sum(len(backend.render(r)) for r in requests) / len(requests),
               "naive_items_per_s": len(requests) / t_naive, "reused_items_per_s": len(requests) / t_reused,
               "speedup": t_naive / t_reused, "same_answers": [r.text for r in reused] == naive}

@@ -19,7 +19,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 60.0, retries: int = 5) -> Backend:
+                 timeout: float = 60.0, retries: int = 5, local_dtype: str = "float32") -> Backend:
     """Build the backend named by ``spec``; heavy dependencies are imported only for the kind chosen."""
     kind, model = parse_spec(spec)
     if kind == "replay":
@@ -36,4 +36,4 @@ def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_AP
                              timeout=timeout, retries=retries)
     from .local_transformers import LocalBackend
 
-    return LocalBackend(model, concurrency=max(concurrency, 1))
+    return LocalBackend(model, concurrency=max(concurrency, 1), dtype=local_dtype)

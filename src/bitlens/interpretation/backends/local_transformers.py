@@ -58,16 +58,18 @@ class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, model: str = "embedded", *, concurrency: int = 16, device: str = "cpu",
-                 loaded: Any = None):
+                 dtype: str = "float32", loaded: Any = None):
         super().__init__(model, concurrency)
         if loaded is None:
             from ...data.models import load_model
 
-            loaded = load_model(model, device=device)
+            loaded = load_model(model, device=device, dtype=dtype)
         self.lm = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = next(self.lm.parameters()).device
-        self.model = model if model == "embedded" else getattr(loaded, "fingerprint", model)
+        # cache identity: the pinned embedded model by name, any other by its weights' fingerprint
+        self.model = (model if model == "embedded" else getattr(loaded, "fingerprint", model)) + \
+            ("" if dtype == "float32" else f"@{dtype}")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         eos = self.lm.generation_config.eos_token_id if self.lm.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
