@@ -124,3 +124,19 @@ def test_comsem_mode_bookkeeping(planted, tmp_path):
         assert 6 <= len(rows) <= 13 and r["score"]["n_items"] == len(rows) - 5
         assert 0.0 <= r["score"]["score"] <= 1.0
     assert summary["mode"] == "comsem" and "n_interpretable_lower_bound" in summary
+
+
+def test_explanations_copied_from_a_worked_example_are_flagged(planted, tmp_path):
+    from bitlens.interpretation.prompts import COMSEM_EXPLAIN
+
+    class Copier(ScriptedLLM):
+        async def complete(self, request):
+            reply = await super().complete(request)
+            if not request.choices:
+                reply.text = COMSEM_EXPLAIN.shots[0][1]
+            return reply
+
+    summary = run_interpret(_cfg(planted, tmp_path / "run", mode="comsem", comsem_top_k=2, control_fraction=0.0),
+                            backend=Copier(), echo=lambda s: None)
+    assert summary["n_explanations_copying_worked_example"] == summary["n_scored"] > 0
+    assert summary["n_distinct_explanations"] == 1

@@ -43,6 +43,10 @@ def _templates(cfg: InterpretConfig) -> list[str]:
     return [t.version for t in pair]
 
 
+def _explain_template(cfg: InterpretConfig):
+    return COMSEM_EXPLAIN if cfg.mode == "comsem" else EXPLAIN
+
+
 def _fingerprint(cfg: InterpretConfig, coder_id: str, store: ActivationStore, identity, layer: int) -> str:
     """Everything a unit's result depends on (not thresholds, budgets, controls or concurrency)."""
     relevant = {k: v for k, v in cfg.to_dict().items() if k in {
@@ -108,6 +112,9 @@ async def _feature(job: Job, mode, f: int, state: dict) -> None:
         return
     exp = await mode.explain(job, f, examples)
     record["explanation"], record["explain_raw"] = exp["explanation"], exp["raw"]
+    # small models often return a worked example's answer verbatim: flag it (it is still scored, not dropped)
+    shots = {a.strip().lower() for _, a in _explain_template(job.cfg).shots}
+    record["copies_worked_example"] = bool(exp["explanation"] and exp["explanation"].strip().lower() in shots)
     if exp["explanation"] is None:
         record["status"], record["error"] = "explain_failed", exp["error"] or "unparseable explanation"
         return

@@ -52,6 +52,8 @@ def summarise(cfg, job, mode, records: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_score": _mean(mode.headline(r["score"]) for r in scored),
         "score_name": "balanced_accuracy" if cfg.mode == "default" else "comsem_fraction_yes",
         "missing_rate": _mean(r["score"]["missing_rate"] for r in scored),
+        "n_explanations_copying_worked_example": sum(bool(r.get("copies_worked_example")) for r in records),
+        "n_distinct_explanations": len({r["explanation"] for r in records if r.get("explanation")}),
     }
     if cfg.mode == "default":
         for key in ("tpr", "tnr", "tnr_random", "tnr_token_matched", "precision_pop", "f1_pop", "auroc"):
