@@ -194,3 +194,12 @@ def test_replay_answers_from_cache_and_fails_on_a_miss(server, backend, tmp_path
     with pytest.raises(BaseException) as info:
         run(replay.ask([ChatRequest(messages=(("user", "unseen"),))], "t"))
     assert "no cached reply" in str(info.value.exceptions[0] if hasattr(info.value, "exceptions") else info.value)
+
+
+def test_reasoning_models_get_a_completion_limit_and_no_temperature(server, monkeypatch):
+    monkeypatch.setenv("MY_LLM_KEY", KEY)
+    b = make_backend("openai:o-mini", base_url=server.url, api_key_env="MY_LLM_KEY", reasoning=True)
+    reply = run(b.complete(REQ))
+    body = server.requests[0]
+    assert reply.text == "Yes" and "temperature" not in body and "max_tokens" not in body
+    assert body["max_completion_tokens"] >= 1024 and b.identity == ("openai", "o-mini@reasoning")

@@ -49,6 +49,8 @@ class InterpretConfig(Serializable):
     """Dollars per million completion tokens."""
     dry_run: bool = False
     """Print the number of calls and prompt tokens the run would make, call nothing."""
+    reasoning: bool = False
+    """OpenAI backend: a reasoning model (sends max_completion_tokens, no temperature; its hidden tokens are billed)."""
     timeout: float = 60.0
     """Seconds per HTTP request."""
     retries: int = 5

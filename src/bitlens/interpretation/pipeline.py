@@ -92,7 +92,7 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     if backend is None:
         backend = make_backend(cfg.llm, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                                concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries,
-                               local_dtype=cfg.local_dtype)
+                               local_dtype=cfg.local_dtype, reasoning=cfg.reasoning)
     out = Path(cfg.out)
     cache = ResponseCache(cfg.cache or out / "cache.sqlite")
     client = LLMClient(backend, cache, max_calls=cfg.max_calls, max_cost=cfg.max_cost,

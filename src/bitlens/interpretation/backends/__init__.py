@@ -19,7 +19,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 60.0, retries: int = 5, local_dtype: str = "float32") -> Backend:
+                 timeout: float = 60.0, retries: int = 5, local_dtype: str = "float32",
+                 reasoning: bool = False) -> Backend:
     """Build the backend named by ``spec``; heavy dependencies are imported only for the kind chosen."""
     kind, model = parse_spec(spec)
     if kind == "replay":
@@ -33,7 +34,7 @@ def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_AP
         from .openai_http import OpenAIBackend
 
         return OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-                             timeout=timeout, retries=retries)
+                             timeout=timeout, retries=retries, reasoning=reasoning)
     from .local_transformers import LocalBackend
 
     return LocalBackend(model, concurrency=max(concurrency, 1), dtype=local_dtype)

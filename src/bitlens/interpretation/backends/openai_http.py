@@ -22,7 +22,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, *, base_url: str = "", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout: float = 60.0, retries: int = 5, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, breaker_threshold: int = 5):
+                 max_backoff_s: float = 30.0, breaker_threshold: int = 5, reasoning: bool = False):
         super().__init__(model, concurrency)
         import openai
 
@@ -38,8 +38,14 @@ class OpenAIBackend(Backend):
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.breaker_threshold = breaker_threshold
+        # reasoning models reject temperature and max_tokens, and bill hidden reasoning tokens as completion tokens
+        self.reasoning = reasoning
         self.consecutive_failures = 0
         self.attempts = 0  # HTTP requests sent, retries included
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.kind, self.model + ("@reasoning" if self.reasoning else ""))  # other parameters, other key
 
     async def complete(self, request: ChatRequest) -> Reply:
         if self.consecutive_failures >= self.breaker_threshold:
@@ -50,9 +56,10 @@ class OpenAIBackend(Backend):
         for attempt in range(self.retries + 1):
             self.attempts += 1
             try:
+                params = ({"max_completion_tokens": max(request.max_tokens, 1024)} if self.reasoning
+                          else {"temperature": 0.0, "max_tokens": request.max_tokens})
                 response = await self.client.chat.completions.create(
-                    model=self.model, messages=request.as_messages(), temperature=0.0,
-                    max_tokens=request.max_tokens)
+                    model=self.model, messages=request.as_messages(), **params)
                 text = response.choices[0].message.content
                 if text is None:
                     raise ValueError("reply without message content")
@@ -61,7 +68,9 @@ class OpenAIBackend(Backend):
                 return Reply(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                              latency_s=time.perf_counter() - started,
-                             extra={"fingerprint": getattr(response, "system_fingerprint", None)})
+                             extra={"fingerprint": getattr(response, "system_fingerprint", None),
+                                    "reasoning_tokens": getattr(getattr(usage, "completion_tokens_details", None),
+                                                                "reasoning_tokens", None)})
             except self._openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in _FATAL_STATUS:
