@@ -157,6 +157,25 @@ def _run_compare(args, argv) -> int:
     return 0
 
 
+# ---- interpret -------------------------------------------------------------------------------------------------
+def _register_interpret(p) -> None:
+    from ..interpretation.config import InterpretConfig
+
+    p.add_arguments(InterpretConfig, dest="interpret")
+
+
+def _run_interpret(args, argv) -> int:
+    from ..interpretation.pipeline import run_interpret
+
+    summary = run_interpret(args.interpret)
+    if "n_scored" in summary:
+        print(f"{summary['n_scored']} of {summary['n_features']} features scored; interpretable by threshold "
+              f"{summary['n_interpretable']}; mean {summary['score_name']} {summary['mean_score']}; "
+              f"{summary['usage']['calls']} LLM calls, {summary['usage']['cache_hits']} cache hits; "
+              f"wrote {args.interpret.out}/summary.json")
+    return 0
+
+
 COMMANDS = [
     Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
             _register_extract, _run_extract),
@@ -167,5 +186,7 @@ COMMANDS = [
             _register_demo, _run_demo),
     Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
             "statistics and splicing.", _register_compare, _run_compare),
+    Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
+            _register_interpret, _run_interpret),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
