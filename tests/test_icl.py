@@ -111,3 +111,19 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
     before = states.stat().st_mtime_ns
     assert main(args) == 0
     assert states.stat().st_mtime_ns == before
+
+
+def test_last_token_states_do_not_depend_on_batching():
+    from bitlens.analysis.icl import label_token_ids, last_token_states
+    from bitlens.data.models import load_model
+
+    lm = load_model(tiny_model_dir())
+    task = toy_task()
+    queries, pool = split_task(task, 8, seed=0)
+    texts = [p.text for k in (0, 2, 1) for p in make_prompts(task, queries, pool, k, seed=0)][:9]
+    ids = label_token_ids(lm.tokenizer, task.labels)
+    batched = last_token_states(lm, texts, [1, 4], ids, batch=4)
+    single = last_token_states(lm, texts, [1, 4], ids, batch=1)
+    np.testing.assert_allclose(batched[0], single[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batched[1], single[1], rtol=1e-4, atol=1e-4)
+    assert batched[2] == single[2]

@@ -105,8 +105,10 @@ def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[i
     base = lm.model.base_model
     head = lm.model.get_output_embeddings()
     states, logits, last_tokens = [], [], []
+    # batches of similar lengths waste little on padding; results go back to the input order at the end
+    order = np.argsort([len(t) for t in texts], kind="stable")
     for start in tqdm(range(0, len(texts), batch), desc="prompts", disable=not progress, leave=False):
-        enc = tok(texts[start:start + batch], return_tensors="pt", padding=True)
+        enc = tok([texts[i] for i in order[start:start + batch]], return_tensors="pt", padding=True)
         ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         last = mask.sum(1) - 1  # right padding: the last real token
@@ -115,7 +117,8 @@ def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[i
         final = out.last_hidden_state[rows, last]
         logits.append(head(final)[:, label_ids].float().cpu())
         last_tokens.extend(tok.convert_ids_to_tokens(ids[rows, last].tolist()))
-    return torch.cat(states).numpy(), torch.cat(logits).numpy(), last_tokens
+    back = np.argsort(order)
+    return torch.cat(states).numpy()[back], torch.cat(logits).numpy()[back], [last_tokens[i] for i in back]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
