@@ -1,8 +1,9 @@
 """`bitlens entropy positions`: entropy of hidden states against token position, per layer.
 
-Rows come from a store whose ``position`` column is the index of the token in its model input (extract with a fixed
-``--max_seq_len`` such as 65, so every input starts at a sentence start and positions run 1..64; position 0, the
-attention sink, is not stored by default). For each layer and each requested position t, the states at t over many
+Rows come from a store whose ``position`` column is the index of the token in its model input (every input starts at
+a sentence start; position 0, the attention sink, is not stored by default). The extractor packs whole sentences up
+to ``--max_seq_len`` tokens, so inputs end a little short of it: extract with a max_seq_len well above the largest
+position wanted (e.g. 129 for positions up to 96). For each layer and each requested position t, the states at t over many
 inputs are a set; its entropy is measured in one of two ways:
 
 * ``per_position`` (the paper's protocol): one BAE per (layer, position), trained on that position's states only;
@@ -32,7 +33,7 @@ from ..training.config import llm_loss
 from .saturation import detect_saturation
 from .unit_bae import UnitTraining, fit_unit
 
-DEFAULT_POSITIONS = "1,2,3,4,6,8,12,16,24,32,48,64"
+DEFAULT_POSITIONS = "1,2,3,4,6,8,12,16,24,32,48,64,96"
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PositionsConfig(Serializable):
     """Settings of `bitlens entropy positions`."""
 
     store: str = ""
-    """Activation store extracted with fixed-length inputs (e.g. `bitlens extract --max_seq_len 65 ...`)."""
+    """Activation store whose inputs are longer than the largest position (e.g. `bitlens extract --max_seq_len 129 ...`)."""
     out: str = "runs/positions"
     """Output folder: positions.json, positions.png and the BAE runs (finished units are not redone)."""
     layers: list[int] = field(default_factory=list)
@@ -49,7 +50,7 @@ class PositionsConfig(Serializable):
     """Comma-separated token positions, or 'all' for every stored position with enough rows."""
     mode: str = "per_position"
     """per_position (one BAE per layer and position, the paper's protocol) or shared (one BAE per layer)."""
-    steps: int = 150
+    steps: int = 120
     """Training steps of each per-position BAE."""
     shared_steps: int = 600
     """Training steps of each shared (per-layer) BAE."""
