@@ -33,7 +33,7 @@ class LayersConfig(Serializable):
     """Output folder: layers.json, layers.png and one BAE run per layer (finished layers are not redone)."""
     layers: list[int] = field(default_factory=list)
     """Layers to analyse (default: every layer of the store except 0, the token embeddings)."""
-    steps: int = 500
+    steps: int = 400
     """BAE training steps per layer (batch 512; under a minute per layer at d=576 on 2 cores)."""
     batch_size: int = 512
     """Rows per training step."""
