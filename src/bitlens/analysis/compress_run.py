@@ -120,7 +120,7 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
         {"format": "fp16", "bits_per_vector": 16.0 * d, **_errors(x_np, x_np.astype(np.float16).astype(np.float32))},
         {"format": "bae-packed (file)", "bits_per_vector": 8.0 * sizes["packed"] / n, **bae_err},
         {"format": "bae-sparse (file)", "bits_per_vector": 8.0 * sizes["sparse"] / n, **bae_err},
-        {"format": "bae-sparse (ideal: |S| x ceil(log2 d') bits)",
+        {"format": "bae-sparse (ideal: ceil(log2 d') bits per index)",
          "bits_per_vector": float(flips.mean() * index_bits(width)), **bae_err},
         {"format": "entropy bound (sum of H_b(p_j))", "bits_per_vector": float(bernoulli_entropy_bits(p).sum()),
          **bae_err},
