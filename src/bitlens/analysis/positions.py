@@ -50,7 +50,7 @@ class PositionsConfig(Serializable):
     """Comma-separated token positions, or 'all' for every stored position with enough rows."""
     mode: str = "per_position"
     """per_position (one BAE per layer and position, the paper's protocol) or shared (one BAE per layer)."""
-    steps: int = 120
+    steps: int = 100
     """Training steps of each per-position BAE."""
     shared_steps: int = 600
     """Training steps of each shared (per-layer) BAE."""
