@@ -38,7 +38,7 @@ class CompressConfig(Serializable):
     tokens: int = 20000
     """At most this many tokens to compress (a seeded sample of the held-out documents)."""
     val_fraction: float = 0.1
-    """Held-out document fraction of the store split; 0.1 and seed 0 are the held-out tokens of `bitlens train --store`."""
+    """Held-out document fraction (0.1 with seed 0: the held-out tokens of `bitlens train --store`)."""
     seed: int = 0
     """Seed of the store split and the token sample."""
 

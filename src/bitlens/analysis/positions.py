@@ -3,8 +3,8 @@
 Rows come from a store whose ``position`` column is the index of the token in its model input (every input starts at
 a sentence start; position 0, the attention sink, is not stored by default). The extractor packs whole sentences up
 to ``--max_seq_len`` tokens, so inputs end a little short of it: extract with a max_seq_len well above the largest
-position wanted (e.g. 129 for positions up to 96). For each layer and each requested position t, the states at t over many
-inputs are a set; its entropy is measured in one of two ways:
+position wanted (e.g. 129 for positions up to 96). For each layer and each requested position t, the states at t
+over many inputs are a set; its entropy is measured in one of two ways:
 
 * ``per_position`` (the paper's protocol): one BAE per (layer, position), trained on that position's states only;
   the entropy is the BAE estimate over all of that position's sampled rows, the FVU is on a held-out tenth.
@@ -41,7 +41,7 @@ class PositionsConfig(Serializable):
     """Settings of `bitlens entropy positions`."""
 
     store: str = ""
-    """Activation store whose inputs are longer than the largest position (e.g. `bitlens extract --max_seq_len 129 ...`)."""
+    """Activation store whose inputs outrun the largest position (e.g. `bitlens extract --max_seq_len 129 ...`)."""
     out: str = "runs/positions"
     """Output folder: positions.json, positions.png and the BAE runs (finished units are not redone)."""
     layers: list[int] = field(default_factory=list)
