@@ -83,7 +83,8 @@ class PositionsConfig(Serializable):
         try:
             wanted = sorted({int(p) for p in self.positions.split(",") if p.strip()})
         except ValueError:
-            raise BitlensError(f"--positions must be comma-separated integers or 'all', not {self.positions!r}") from None
+            raise BitlensError(f"--positions must be comma-separated integers or 'all', not {self.positions!r}"
+                               ) from None
         if not wanted:
             raise BitlensError("no positions requested")
         return wanted

@@ -171,7 +171,8 @@ def _run_entropy(args, argv) -> int:
     out = args.cfg.out
     if args.analysis == "layers":
         for row in summary["layers"]:
-            print(f"layer {row['layer']:>3}: {row['entropy_bits']:7.1f} bits (corrected {row['entropy_bits_corrected']:.1f}), "
+            print(f"layer {row['layer']:>3}: {row['entropy_bits']:7.1f} bits "
+                  f"(corrected {row['entropy_bits_corrected']:.1f}), "
                   f"FVU {row['fvu']:.3f}, L0 {row['l0']:.1f}")
         print(f"wrote {out}/layers.json and {out}/layers.png")
     elif args.analysis == "positions":
