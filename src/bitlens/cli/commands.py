@@ -176,6 +176,92 @@ def _run_interpret(args, argv) -> int:
     return 0
 
 
+# ---- entropy layers | positions | icl ----------------------------------------------------------------------------
+def _entropy_analyses():
+    from ..analysis.icl import ICLConfig, run_icl
+    from ..analysis.layers import LayersConfig, run_layers
+    from ..analysis.positions import PositionsConfig, run_positions
+
+    return {
+        "layers": ("Entropy, FVU and L0 of each layer, one BAE per layer on the same tokens.", LayersConfig,
+                   run_layers),
+        "positions": ("Entropy against token position per layer, with the saturation position and plateau.",
+                      PositionsConfig, run_positions),
+        "icl": ("Entropy of the last prompt token against the number of ICL demonstrations, with ICL accuracy.",
+                ICLConfig, run_icl),
+    }
+
+
+def _register_entropy(p) -> None:
+    import simple_parsing as sp
+
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=sp.ArgumentParser, required=True)
+    for name, (help_text, config_cls, _) in _entropy_analyses().items():
+        child = sub.add_parser(name, help=help_text, description=help_text,
+                               add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH,
+                               formatter_class=sp.SimpleHelpFormatter)
+        child.add_arguments(config_cls, dest="cfg")
+
+
+def _run_entropy(args, argv) -> int:
+    _, _, run = _entropy_analyses()[args.analysis]
+    summary = run(args.cfg)
+    out = args.cfg.out
+    if args.analysis == "layers":
+        for row in summary["layers"]:
+            print(f"layer {row['layer']:>3}: {row['entropy_bits']:7.1f} bits "
+                  f"(corrected {row['entropy_bits_corrected']:.1f}), "
+                  f"FVU {row['fvu']:.3f}, L0 {row['l0']:.1f}")
+        print(f"wrote {out}/layers.json and {out}/layers.png")
+    elif args.analysis == "positions":
+        for entry in summary["layers"]:
+            curve = ", ".join(f"{c['position']}:{c['entropy_bits']:.0f}" for c in entry["positions"])
+            print(f"layer {entry['layer']:>3}: saturation at {entry['saturation_position']}, plateau "
+                  f"{entry['plateau_bits']:.1f} bits  [{curve}]")
+        print(f"wrote {out}/positions.json and {out}/positions.png")
+    else:
+        for name, task in summary["tasks"].items():
+            acc = ", ".join(f"k={a['k']}:{a['accuracy']:.2f}" for a in task["accuracy"])
+            print(f"{name}: accuracy {acc}")
+            for entry in task["layers"]:
+                print(f"  layer {entry['layer']:>3}: " + ", ".join(f"k={c['k']}:{c['entropy_bits']:.1f}"
+                                                              for c in entry["curve"]))
+        print(f"wrote {out}/icl.json and {out}/icl.png")
+    return 0
+
+
+# ---- compress / decompress ---------------------------------------------------------------------------------------
+def _register_compress(p) -> None:
+    from ..analysis.compress_run import CompressConfig
+
+    p.add_arguments(CompressConfig, dest="cfg")
+
+
+def _run_compress(args, argv) -> int:
+    from ..analysis.compress_run import run_compress
+
+    summary = run_compress(args.cfg)
+    for row in summary["rows"]:
+        print(f"{row['format']:<48} {row['bits_per_vector']:10.1f} bits/vector  MSE {row['mse']:.4g}  "
+              f"FVU {row['fvu']:.4f}  cosine {row['cosine']:.4f}")
+    print(f"round trip exact: {summary['round_trip_exact']}; wrote {args.cfg.out}/compress.json")
+    return 0
+
+
+def _register_decompress(p) -> None:
+    from ..analysis.compress_run import DecompressConfig
+
+    p.add_arguments(DecompressConfig, dest="cfg")
+
+
+def _run_decompress(args, argv) -> int:
+    from ..analysis.compress_run import run_decompress
+
+    path = run_decompress(args.cfg)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = [
     Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
             _register_extract, _run_extract),
@@ -188,5 +274,11 @@ COMMANDS = [
             "statistics and splicing.", _register_compare, _run_compare),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
             _register_interpret, _run_interpret),
+    Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
+            _register_entropy, _run_entropy),
+    Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
+            _register_compress, _run_compress),
+    Command("decompress", "Decode a BAE code file back to hidden states (.npy).", _register_decompress,
+            _run_decompress),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}

@@ -1,0 +1,197 @@
+"""`bitlens entropy icl`: entropy of the last prompt token's hidden state against the number of demonstrations k,
+with the model's ICL accuracy beside it.
+
+For each task and k the same balanced queries are each given k freshly sampled demonstrations
+(``bitlens.data.icl_tasks``). One forward pass per prompt gives the hidden states of the last token (the label
+prefix's final token, e.g. ':') at the chosen layers and the next-token logits of the label words' first tokens;
+the prediction is the label with the largest logit.
+
+One BAE per (task, layer), shared by all k (not one per k): it trains on the last-token states of all k pooled, so
+the entropies of different k are measured in one code book and differ only through the states. With a few hundred
+prompts per k a BAE per k would be fitted to a few hundred vectors and its entropy would mostly reflect that.
+The paper does not say which it did (per-position BAEs for ICL; details unknown). Every k uses the same number of
+prompts, so the small-sample bias of the estimate is the same along the curve.
+
+Resume: the states and logits of each (task, k) are saved as .npy files once computed; finished BAEs are not redone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Serializable
+from ..io import BitlensError, atomic_path, write_json, write_manifest
+from ..training.config import llm_loss
+from .unit_bae import UnitTraining, fit_unit
+
+
+@dataclass
+class ICLConfig(Serializable):
+    """Settings of `bitlens entropy icl`."""
+
+    out: str = "runs/icl"
+    """Output folder: icl.json, icl.png, prompts and states per task and k, one BAE per task and layer."""
+    model: str = "embedded"
+    """Causal LM: 'embedded' (SmolLM2-135M-Instruct), a local folder or a Hugging Face hub id."""
+    tasks: str = "spam,party"
+    """Comma-separated tasks: spam (SpamAssassin), party (State of the Union, Democratic/Republican), source."""
+    ks: str = "0,1,2,4,8"
+    """Comma-separated numbers of demonstrations."""
+    n_queries: int = 128
+    """Queries per task (balanced across labels); every k uses the same queries."""
+    layers: list[int] = field(default_factory=list)
+    """Layers whose last-token state is analysed (default: every fifth layer, 5, 10, ...)."""
+    max_chars: int = 200
+    """Each example's text is cut to this many characters (at a word boundary)."""
+    steps: int = 300
+    """Training steps of each (task, layer) BAE."""
+    batch_size: int = 256
+    """Rows per BAE training step."""
+    forward_batch: int = 8
+    """Prompts per forward pass."""
+    fixed_demonstrations: bool = False
+    """Reproduce the reference code's quirk: the first k pool items as demonstrations of every prompt."""
+    seed: int = 0
+    """Seed of the query split, the demonstration sampling and the BAEs."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N or auto."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if self.n_queries < 4 or self.steps < 1 or self.forward_batch < 1 or self.max_chars < 20:
+            raise ValueError("n_queries must be >= 4, steps and forward_batch >= 1, max_chars >= 20")
+
+    def k_list(self) -> list[int]:
+        try:
+            ks = sorted({int(k) for k in self.ks.split(",") if k.strip()})
+        except ValueError:
+            raise BitlensError(f"--ks must be comma-separated integers, not {self.ks!r}") from None
+        if not ks or ks[0] < 0:
+            raise BitlensError("--ks needs at least one k >= 0")
+        return ks
+
+    def task_list(self) -> list[str]:
+        from ..data.icl_tasks import TASK_NAMES
+
+        names = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        bad = [t for t in names if t not in TASK_NAMES]
+        if bad or not names:
+            raise BitlensError(f"unknown ICL task {bad[0] if bad else '(none)'}; choose from {', '.join(TASK_NAMES)}")
+        return names
+
+
+def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
+    """First token of each label word as it follows the label prefix (with a leading space); must differ."""
+    ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    if len(set(ids)) != len(ids):
+        raise BitlensError(f"labels {labels} share their first token; the accuracy needs distinct first tokens")
+    return ids
+
+
+@torch.no_grad()
+def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[int], batch: int,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Hidden states of each prompt's last token at ``layers`` (float32 [n, len(layers), d]), the next-token logits
+    of ``label_ids`` there (float32 [n, n_labels]) and the decoded last tokens."""
+    tok = lm.tokenizer
+    base = lm.model.base_model
+    head = lm.model.get_output_embeddings()
+    states, logits, last_tokens = [], [], []
+    # batches of similar lengths waste little on padding; results go back to the input order at the end
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in tqdm(range(0, len(texts), batch), desc="prompts", disable=not progress, leave=False):
+        enc = tok([texts[i] for i in order[start:start + batch]], return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        last = mask.sum(1) - 1  # right padding: the last real token
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        states.append(torch.stack([out.hidden_states[layer][rows, last] for layer in layers], 1).float().cpu())
+        final = out.last_hidden_state[rows, last]
+        logits.append(head(final)[:, label_ids].float().cpu())
+        last_tokens.extend(tok.convert_ids_to_tokens(ids[rows, last].tolist()))
+    back = np.argsort(order)
+    return torch.cat(states).numpy()[back], torch.cat(logits).numpy()[back], [last_tokens[i] for i in back]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def run_icl(cfg: ICLConfig) -> dict[str, Any]:
+    from ..data.icl_tasks import load_task, make_prompts, split_task
+    from ..data.models import load_model
+    from ..data.sources import split_rows
+    from ..report.analysis_plots import plot_icl
+
+    ks, task_names = cfg.k_list(), cfg.task_list()
+    out = Path(cfg.out)
+    lm = None
+    tasks_out: dict[str, Any] = {}
+    for name in task_names:
+        task = load_task(name, cfg.max_chars)
+        queries, pool = split_task(task, cfg.n_queries, cfg.seed)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        per_k: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k in ks:
+            states_file, logits_file = folder / f"states_k{k}.npy", folder / f"label_logits_k{k}.npy"
+            if states_file.is_file() and logits_file.is_file():
+                per_k[k] = (np.load(states_file, allow_pickle=False), np.load(logits_file, allow_pickle=False))
+                continue
+            if lm is None:
+                lm = load_model(cfg.model, device=cfg.device)
+                layers = cfg.layers or list(range(5, lm.n_layers + 1, 5))
+                bad = [layer for layer in layers if not 0 <= layer <= lm.n_layers]
+                if bad:
+                    raise BitlensError(f"layer {bad[0]} out of range: the model has layers 0..{lm.n_layers}")
+                write_manifest(out, command="entropy icl", config={**cfg.to_dict(), "layers": layers,
+                                                                   "loss": llm_loss().to_dict()},
+                               seeds={"seed": cfg.seed}, inputs={"model": lm.describe()})
+            prompts = make_prompts(task, queries, pool, k, cfg.seed, cfg.fixed_demonstrations)
+            label_ids = label_token_ids(lm.tokenizer, task.labels)
+            print(f"{name}: k={k}, {len(prompts)} prompts", flush=True)
+            states, logits, last_tokens = last_token_states(lm, [p.text for p in prompts], layers, label_ids,
+                                                            cfg.forward_batch, cfg.progress)
+            write_json(folder / f"prompts_k{k}.json", {
+                "k": k, "labels": task.labels, "label_token_ids": label_ids, "layers": layers,
+                "last_tokens": sorted(set(last_tokens)),
+                "prompts": [{"query": p.query, "label": p.label, "demonstrations": p.demonstrations, "text": p.text}
+                            for p in prompts]})
+            _save_npy(logits_file, logits)
+            _save_npy(states_file, states)  # written last: its presence marks (task, k) as done
+            per_k[k] = (states, logits)
+        layers = json.loads((folder / f"prompts_k{ks[0]}.json").read_text())["layers"]
+        if any(per_k[k][0].shape[1] != len(layers) for k in ks):
+            raise BitlensError(f"{folder}: saved states have other layers than {layers}; use a new --out")
+        truth = np.array([task.labels.index(q.label) for q in queries])
+        accuracy = [{"k": k, "accuracy": float((per_k[k][1].argmax(1) == truth).mean())} for k in ks]
+        acc_by_k = {a["k"]: a["accuracy"] for a in accuracy}
+        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed)
+        layer_rows = []
+        for li, layer in enumerate(tqdm(layers, desc=f"{name}: BAEs", unit="layer", disable=not cfg.progress)):
+            pooled = torch.from_numpy(np.concatenate([per_k[k][0][:, li] for k in ks]))
+            train, val = split_rows(pooled, 0.1, cfg.seed)
+            sets = {f"k_{k}": torch.from_numpy(np.ascontiguousarray(per_k[k][0][:, li])) for k in ks}
+            result = fit_unit(folder / f"bae_layer_{layer:02d}", train, val, how, sets,
+                              inputs={"task": name, "layer": layer, "ks": ks})
+            curve = [{"k": k, "entropy_bits": result[f"k_{k}"]["entropy_bits"],
+                      "entropy_bits_corrected": result[f"k_{k}"]["entropy_bits_corrected"],
+                      "accuracy": acc_by_k[k]} for k in ks]
+            layer_rows.append({"layer": layer, "curve": curve, "fvu": result["fvu"], "l0": result["l0"]})
+        tasks_out[name] = {"labels": task.labels, "source": task.source, "n_queries": len(queries),
+                           "pool_size": len(pool), "input_prefix": task.input_prefix,
+                           "label_prefix": task.label_prefix, "accuracy": accuracy, "layers": layer_rows}
+    summary = {"model": cfg.model, "ks": ks, "tasks": tasks_out, "bae": "one per (task, layer), shared by all k"}
+    write_json(out / "icl.json", summary)
+    plot_icl(tasks_out, out / "icl.png")
+    return summary

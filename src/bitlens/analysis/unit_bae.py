@@ -1,0 +1,89 @@
+"""One small BAE per unit of an analysis (a layer, a (layer, position), a (task, layer)), resumable unit by unit.
+
+Each unit lives in its own folder: a normal training run (``bitlens.training.run.train_bae``: checkpoint, metrics,
+manifest) plus ``result.json`` written last, atomically. A unit with ``result.json`` is finished and never redone;
+a unit with a checkpoint but no result resumes its training where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..coders.bae import BAEConfig
+from ..data.sources import RowSource
+from ..io import write_json
+from ..training.config import TrainConfig, llm_loss
+from ..training.run import encode_all, train_bae
+from .entropy import estimate_entropy
+
+RESULT = "result.json"
+
+
+@dataclass
+class UnitTraining:
+    """How each unit's BAE is trained (LLM-state loss weights from ``llm_loss()``)."""
+
+    steps: int
+    batch_size: int = 512
+    expansion: int = 4
+    seed: int = 0
+    keep_optimizer: bool = True  # False: drop Adam's state once the unit is finished (saves 2/3 of the disk)
+
+
+def entropy_fields(codes: torch.Tensor) -> dict[str, Any]:
+    """The entropy numbers every analysis reports for a set of codes [n, d']."""
+    est = estimate_entropy(codes)
+    return {"entropy_bits": est.marginal_bits, "entropy_bits_corrected": est.marginal_bits_corrected,
+            "joint_bits_corrected": est.joint_bits_corrected, "joint_reliable": est.joint_reliable,
+            "total_correlation_bits": est.total_correlation_bits, "n_entropy_rows": est.n_samples,
+            "active_units": est.active_units}
+
+
+def finished(folder: str | Path) -> dict[str, Any] | None:
+    """The unit's result if it is finished, else None."""
+    import json
+
+    path = Path(folder) / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTraining,
+             entropy_sets: dict[str, torch.Tensor], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume, or just read) the BAE of one unit; return its result.
+
+    ``entropy_sets`` maps a name to rows whose codes' entropy is reported: ``{"": rows}`` puts the entropy fields at
+    the top level, other names nest them (e.g. one set per ICL k). FVU, L0 and cosine come from ``val``.
+    """
+    folder = Path(folder)
+    done = finished(folder)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    cfg = TrainConfig(steps=how.steps, batch_size=min(how.batch_size, train.n_rows), seed=how.seed,
+                      eval_every=max(1, how.steps // 2), checkpoint_every=max(1, how.steps // 2),
+                      eval_rows=16384, progress=False)
+    resume = (folder / "checkpoint" / "trainer_state.json").is_file()
+    model, stats = train_bae(train, val, folder, BAEConfig(expansion=how.expansion), cfg, llm_loss(),
+                             resume=resume, inputs=inputs)
+    result: dict[str, Any] = {"fvu": stats.get("fvu"), "l0": stats.get("l0"), "cosine": stats.get("cosine"),
+                              "mse": stats.get("mse"), "dead": stats.get("dead"),
+                              "constant_on": stats.get("constant_on"), "steps": stats.get("step"),
+                              "train_rows": train.n_rows, "val_rows": val.n_rows}
+    for name, rows in entropy_sets.items():
+        fields = entropy_fields(encode_all(model, rows))
+        if name:
+            result[name] = fields
+        else:
+            result.update(fields)
+    result["seconds"] = time.perf_counter() - started  # of this session only, when a unit was resumed
+    write_json(folder / RESULT, result)  # from here on the unit is finished
+    if not how.keep_optimizer:  # the coder stays loadable (cfg.json + model.safetensors); the rest only resumed it
+        for extra in (folder / "checkpoint").iterdir():
+            if extra.name not in ("cfg.json", "model.safetensors"):
+                extra.unlink()
+    return result

@@ -1,0 +1,129 @@
+"""ICL prompt construction (no leaks, proper sampling), email parsing, and the ICL analysis on a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bitlens.data import icl_tasks
+from bitlens.data.icl_tasks import (Example, ICLTask, email_text, make_prompts, one_line, sample_demonstrations,
+                                    split_task)
+
+from data_fixtures import tiny_model_dir
+
+
+def toy_task(n_groups=40, per_group=5) -> ICLTask:
+    examples = [Example(f"text {g}-{i} about topic {g % 3}", "whale" if g % 2 else "budget", f"doc{g}")
+                for g in range(n_groups) for i in range(per_group)]
+    return ICLTask("toy", "sentence:", "topic:", ["whale", "budget"], examples)
+
+
+def test_split_is_by_group_and_queries_are_balanced():
+    task = toy_task()
+    queries, pool = split_task(task, 12, seed=0)
+    assert {q.group for q in queries}.isdisjoint({p.group for p in pool})
+    assert [q.label for q in queries].count("whale") == 6 and [q.label for q in queries].count("budget") == 6
+    assert len(queries) + len(pool) <= len(task.examples)
+
+
+def test_prompts_never_leak_the_query_answer():
+    task = toy_task()
+    queries, pool = split_task(task, 12, seed=0)
+    for k in (0, 1, 4, 8):
+        for prompt in make_prompts(task, queries, pool, k, seed=3):
+            query = queries[prompt.query]
+            lines = prompt.text.split("\n")
+            assert len(lines) == k + 1
+            # the prompt ends with the label prefix itself: no answer, no trailing space
+            assert lines[-1] == f"sentence: {query.text} topic:" and prompt.text.endswith("topic:")
+            # the query is nowhere among the demonstrations, nor anything from its document
+            assert all(query.text not in line for line in lines[:-1])
+            assert all(pool[i].group != query.group for i in prompt.demonstrations)
+            assert all(line.endswith((" whale", " budget")) for line in lines[:-1])
+            assert prompt.label == query.label
+
+
+def test_demonstrations_are_balanced_and_vary():
+    task = toy_task()
+    queries, pool = split_task(task, 12, seed=0)
+    a = make_prompts(task, queries, pool, 4, seed=0)
+    b = make_prompts(task, queries, pool, 4, seed=1)
+    for prompt in a:
+        labels = [pool[i].label for i in prompt.demonstrations]
+        assert labels.count("whale") == 2 and labels.count("budget") == 2
+        assert len(set(prompt.demonstrations)) == 4
+    # different prompts under one seed, and the same prompt under different seeds, get different demonstrations
+    assert len({tuple(p.demonstrations) for p in a}) > len(a) // 2
+    assert sum(pa.demonstrations != pb.demonstrations for pa, pb in zip(a, b)) > len(a) // 2
+    # the same seed reproduces the same prompts
+    assert [p.text for p in a] == [p.text for p in make_prompts(task, queries, pool, 4, seed=0)]
+    # an odd k gives the remainder to a random label
+    labels = [pool[i].label for i in sample_demonstrations(pool, task.labels, 3, np.random.default_rng(0))]
+    assert sorted(labels.count(label) for label in task.labels) == [1, 2]
+
+
+def test_fixed_demonstrations_reproduce_the_reference_quirk():
+    task = toy_task()
+    queries, pool = split_task(task, 8, seed=0)
+    prompts = make_prompts(task, queries, pool, 3, seed=0, fixed_demonstrations=True)
+    assert all(p.demonstrations == [0, 1, 2] for p in prompts)
+
+
+def test_split_refuses_too_many_queries():
+    from bitlens.io import BitlensError
+
+    with pytest.raises(BitlensError, match="lower --n_queries"):
+        split_task(toy_task(n_groups=4, per_group=2), 40, seed=0)
+
+
+def test_email_text_keeps_subject_and_body_and_strips_html():
+    raw = ("From a@b.c  Thu Aug 22 13:17:22 2002\nReturn-Path: <a@b.c>\nSubject: Cheap offer\n"
+           "MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"XX\"\n\n--XX\n"
+           "Content-Type: text/html; charset=us-ascii\n\n<html><body><p>Buy &amp; save</p>"
+           "<script>evil()</script></body></html>\n--XX--\n")
+    text = one_line(email_text(raw), 200)
+    assert text == "Cheap offer. Buy & save"
+    assert one_line("a  b\n c " + "x" * 50, 10) == "a b c"
+
+
+def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
+    from bitlens.cli.main import main
+
+    monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
+    out = tmp_path / "icl"
+    args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,1,2",
+            "--n_queries", "16", "--layers", "1", "4", "--steps", "10", "--batch_size", "16", "--out", str(out),
+            "--noprogress"]
+    assert main(args) == 0
+    summary = json.loads((out / "icl.json").read_text())
+    task = summary["tasks"]["spam"]
+    assert [a["k"] for a in task["accuracy"]] == [0, 1, 2]
+    assert all(0 <= a["accuracy"] <= 1 for a in task["accuracy"])
+    assert [entry["layer"] for entry in task["layers"]] == [1, 4]
+    for entry in task["layers"]:
+        assert [c["k"] for c in entry["curve"]] == [0, 1, 2]
+        assert all(c["entropy_bits"] >= 0 and "accuracy" in c for c in entry["curve"])
+    prompts = json.loads((out / "spam" / "prompts_k2.json").read_text())
+    assert prompts["last_tokens"] and all(t.endswith(":") for t in prompts["last_tokens"])
+    assert (out / "icl.png").stat().st_size > 0
+    # resume: the saved states and finished BAEs are reused, not recomputed
+    states = out / "spam" / "states_k1.npy"
+    before = states.stat().st_mtime_ns
+    assert main(args) == 0
+    assert states.stat().st_mtime_ns == before
+
+
+def test_last_token_states_do_not_depend_on_batching():
+    from bitlens.analysis.icl import label_token_ids, last_token_states
+    from bitlens.data.models import load_model
+
+    lm = load_model(tiny_model_dir())
+    task = toy_task()
+    queries, pool = split_task(task, 8, seed=0)
+    texts = [p.text for k in (0, 2, 1) for p in make_prompts(task, queries, pool, k, seed=0)][:9]
+    ids = label_token_ids(lm.tokenizer, task.labels)
+    batched = last_token_states(lm, texts, [1, 4], ids, batch=4)
+    single = last_token_states(lm, texts, [1, 4], ids, batch=1)
+    np.testing.assert_allclose(batched[0], single[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batched[1], single[1], rtol=1e-4, atol=1e-4)
+    assert batched[2] == single[2]
