@@ -7,7 +7,7 @@ import torch
 
 from bitlens.analysis.statistics import coder_statistics, evaluate_coder
 from bitlens.coders.jumprelu import jumprelu, step
-from bitlens.coders.random_control import RandomConfig, RandomControl
+from bitlens.coders.random_control import RandomConfig
 from bitlens.coders.registry import build, load, save_coder
 from bitlens.coders.sae import SAEConfig
 from bitlens.data.sources import PairedRows, TensorRows, split_rows

