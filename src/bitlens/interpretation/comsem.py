@@ -14,8 +14,7 @@ import numpy as np
 
 from .display import clean, show_token
 from .job import Job
-from .prompts import COMSEM_EXPLAIN, COMSEM_JUDGE, comsem_explain_request, comsem_item, comsem_judge_request, \
-    parse_explanation
+from .prompts import COMSEM_EXPLAIN, COMSEM_JUDGE, comsem_explain_request, comsem_item, comsem_judge_request
 from .scoring import recall_metrics
 
 MIN_SAMPLES, N_EXPLAIN, N_TEST = 6, 5, 8
@@ -51,11 +50,7 @@ def explain_prompt(examples: list[dict[str, Any]]):
 
 
 async def explain(job: Job, feature: int, examples: list[dict[str, Any]]) -> dict[str, Any]:
-    async def compute():
-        (key, reply), = await job.client.ask([explain_prompt(examples)], COMSEM_EXPLAIN.version, "explain")
-        return {"explanation": None if reply.error else parse_explanation(reply.text), "raw": reply.text,
-                "error": reply.error, "cache_key": key}
-    return await job.unit(feature, "explain", compute)
+    return await job.explain_unit(feature, explain_prompt(examples), COMSEM_EXPLAIN)
 
 
 def judge_prompt(explanation: str, item: dict[str, Any]):
@@ -64,11 +59,7 @@ def judge_prompt(explanation: str, item: dict[str, Any]):
 
 async def judge_items(job: Job, feature: int, stage: str, explanation: str,
                       items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    async def compute():
-        answers = await job.judge([judge_prompt(explanation, it) for it in items], COMSEM_JUDGE,
-                                  stage)
-        return [{"row": it["row"], "label": it["label"], "sampler": it["sampler"], **a} for a, it in zip(answers, items)]
-    return await job.unit(feature, stage, compute)
+    return await job.judge_unit(feature, stage, [judge_prompt(explanation, it) for it in items], COMSEM_JUDGE, items)
 
 
 def metrics(judgements: list[dict[str, Any]], prevalence: float) -> dict[str, Any]:

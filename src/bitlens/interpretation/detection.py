@@ -12,7 +12,7 @@ import numpy as np
 
 from .display import enclosing_word, mark_context
 from .job import Job
-from .prompts import EXPLAIN, JUDGE, explain_request, judge_request, parse_explanation
+from .prompts import EXPLAIN, JUDGE, explain_request, judge_request
 from .sampling import detection_sample, rng_for
 from .scoring import detection_metrics
 
@@ -66,11 +66,7 @@ def explain_prompt(examples: list[dict[str, Any]]):
 
 
 async def explain(job: Job, feature: int, examples: list[dict[str, Any]]) -> dict[str, Any]:
-    async def compute():
-        (key, reply), = await job.client.ask([explain_prompt(examples)], EXPLAIN.version, "explain")
-        return {"explanation": None if reply.error else parse_explanation(reply.text), "raw": reply.text,
-                "error": reply.error, "cache_key": key}
-    return await job.unit(feature, "explain", compute)
+    return await job.explain_unit(feature, explain_prompt(examples), EXPLAIN)
 
 
 def judge_prompt(explanation: str, item: dict[str, Any]):
@@ -79,10 +75,7 @@ def judge_prompt(explanation: str, item: dict[str, Any]):
 
 async def judge_items(job: Job, feature: int, stage: str, explanation: str,
                       items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    async def compute():
-        answers = await job.judge([judge_prompt(explanation, it) for it in items], JUDGE, stage)
-        return [{"row": it["row"], "label": it["label"], "sampler": it["sampler"], **a} for a, it in zip(answers, items)]
-    return await job.unit(feature, stage, compute)
+    return await job.judge_unit(feature, stage, [judge_prompt(explanation, it) for it in items], JUDGE, items)
 
 
 def metrics(judgements: list[dict[str, Any]], prevalence: float) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from .client import LLMClient
 from .config import InterpretConfig
 from .corpus import TokenTable
 from .lexical import best_token_set
-from .prompts import Template, parse_choice
+from .prompts import Template, parse_choice, parse_explanation
 from .sampling import rate_bin
 from .units import UnitStore
 
@@ -64,3 +64,20 @@ class Job:
             out.append({"raw": reply.text, "error": reply.error, "answer": None if parsed is None else parsed == "Yes",
                         "p_yes": reply.p_choice.get("Yes"), "cache_key": key})
         return out
+
+    async def explain_unit(self, feature: int, request: ChatRequest, template: Template) -> dict[str, Any]:
+        """The committed explanation of ``feature``: one LLM call, parsed (None when the reply failed)."""
+        async def compute():
+            (key, reply), = await self.client.ask([request], template.version, "explain")
+            return {"explanation": None if reply.error else parse_explanation(reply.text), "raw": reply.text,
+                    "error": reply.error, "cache_key": key}
+        return await self.unit(feature, "explain", compute)
+
+    async def judge_unit(self, feature: int, stage: str, requests: list[ChatRequest], template: Template,
+                         items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The committed judgements of one (feature, stage): one per item, with the item's row, label, sampler."""
+        async def compute():
+            answers = await self.judge(requests, template, stage)
+            return [{"row": it["row"], "label": it["label"], "sampler": it["sampler"], **a}
+                    for a, it in zip(answers, items)]
+        return await self.unit(feature, stage, compute)
