@@ -71,7 +71,7 @@ def time_extract(lm, corpus, n_tokens: int, layer: int, max_seq_len: int, batch_
     with tempfile.TemporaryDirectory(prefix="bitlens-bench-") as tmp:
         wall, cpu = _clocks()
         extract_to_store(lm, corpus, Path(tmp) / "store", layers=[layer], max_tokens=n_tokens,
-                         max_seq_len=max_seq_len, batch_size=batch_size, order_seed=SEED, progress=False)
+                         max_seq_len=max_seq_len, forward_batch=batch_size, order_seed=SEED, progress=False)
         return time.perf_counter() - wall, time.process_time() - cpu
 
 

@@ -34,7 +34,7 @@ def main() -> None:
     for pair in a.weights.split(","):
         we, wc = (float(x) for x in pair.split(":"))
         t0 = time.perf_counter()
-        cfg = TrainConfig(steps=a.steps, eval_every=a.steps, eval_rows=25_000, checkpoint_every=a.steps,
+        cfg = TrainConfig(steps=a.steps, eval_every=a.steps, eval_tokens=25_000, checkpoint_every=a.steps,
                           progress=False)
         _, s = train_bae(train, val, Path(a.out) / f"e{we:g}_c{wc:g}", cfg=cfg,
                          loss=LossConfig(entropy_weight=we, cov_weight=wc))

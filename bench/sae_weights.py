@@ -34,7 +34,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             _, st = train_coder(arch, tr, va, tmp, cfg=TrainConfig(steps=args.steps, eval_every=args.steps,
-                                                                   eval_rows=8192, progress=False),
+                                                                   eval_tokens=8192, progress=False),
                                 loss=SparsityConfig(weight=float(weight)))
             dt = time.perf_counter() - t
         row = {"arch": arch, "weight": float(weight), "fvu": st["fvu"], "l0": st["l0"], "dead": st["dead"],

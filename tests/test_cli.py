@@ -12,7 +12,7 @@ import bitlens
 from bitlens.cli.main import main
 from bitlens.data.synthetic import known_entropy_data
 
-FAST = ["--steps", "40", "--batch-size", "64", "--eval-every", "20", "--checkpoint-every", "20", "--noprogress"]
+FAST = ["--steps", "40", "--batch-size", "64", "--eval-every", "20", "--checkpoint-every", "20", "--no-progress"]
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_train_then_resume(tmp_path, act_file, capsys):
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 40
     # continue the run for more steps
     assert main(["train", "--activations", str(act_file), "--out", str(out), "--resume", "--steps", "70",
-                 "--lr", "0.5", "--noprogress"]) == 0
+                 "--lr", "0.5", "--no-progress"]) == 0
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 70
     captured = capsys.readouterr()
     assert "trained to step 70" in captured.out
@@ -95,8 +95,8 @@ def test_bad_options_exit_2(tmp_path, act_file):
 
 def test_synth_command_writes_results(tmp_path):
     out = tmp_path / "synth"
-    assert main(["synth", "--bits", "2,3", "--dim", "16", "--n", "2048", "--steps", "1500", "--entropy-weight", "2.5", "--eval-every", "500",
-                 "--noprogress", "--out", str(out)]) == 0
+    assert main(["synth", "--bits", "2,3", "--dim", "16", "--rows", "2048", "--steps", "1500", "--entropy-weight", "2.5", "--eval-every", "500",
+                 "--no-progress", "--out", str(out)]) == 0
     summary = json.loads((out / "synth.json").read_text())
     assert [r["true_bits"] for r in summary["results"]] == [2, 3]
     for r in summary["results"]:
@@ -122,7 +122,7 @@ def test_ctrl_c_writes_checkpoint_then_resume(tmp_path, act_file):
     out = tmp_path / "int"
     cmd = [sys.executable, "-m", "bitlens.cli.main", "train", "--activations", str(act_file), "--out", str(out),
            "--steps", "100000", "--batch-size", "64", "--eval-every", "50", "--checkpoint-every", "100000",
-           "--noprogress"]
+           "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
@@ -151,6 +151,6 @@ def test_train_on_a_store_splits_by_document(tmp_path, capsys):
     assert bitlens.load(out).d_in == 8
     # resuming on a store continues (mid-epoch) to the new step count
     assert main(["train", "--store", str(store), "--layer", "3", "--out", str(out), "--resume", "--steps", "50",
-                 "--noprogress"]) == 0
+                 "--no-progress"]) == 0
     assert main(["train", "--store", str(store), "--layer", "7", "--out", str(tmp_path / "r2"), *FAST]) == 2
     assert "layer 7" in capsys.readouterr().err

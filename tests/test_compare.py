@@ -21,7 +21,7 @@ def store(tmp_path_factory):
     lm = load_model(tiny_model_dir())
     corpus = load_corpus(write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=10))
     return extract_to_store(lm, corpus, tmp_path_factory.mktemp("s") / "store", layers=[2], max_seq_len=24,
-                            batch_size=4, shard_rows=200, progress=False)
+                            forward_batch=4, shard_rows=200, progress=False)
 
 
 def test_compare_writes_the_table_and_resumes(store, tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_compare_writes_the_table_and_resumes(store, tmp_path, capsys):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"topk_sae": {"coder": {"k": 5}}, "splice": {"max_seq_len": 16, "batch_size": 2}}))
     argv = ["compare", "--store", str(store), "--layer", "2", "--out", str(out), "--config", str(config),
-            "--steps", "30", "--splice_tokens", "60", "--eval_tokens", "500", "--noprogress"]
+            "--steps", "30", "--splice-tokens", "60", "--eval-tokens", "500", "--no-progress"]
     assert main(argv) == 0
     summary = json.loads((out / "compare.json").read_text())
     names = [c["name"] for c in summary["coders"]]
@@ -56,7 +56,7 @@ def test_compare_writes_the_table_and_resumes(store, tmp_path, capsys):
 
 def test_compare_resumes_an_interrupted_coder(store, tmp_path):
     """A coder whose run was cut short continues from its checkpoint instead of restarting."""
-    from bitlens.compare import CompareConfig, run_compare
+    from bitlens.experiments.compare import CompareConfig, run_compare
 
     out = tmp_path / "cmp"
     cfg = CompareConfig(store=str(store), layer=2, out=str(out), coders=["relu_sae"], steps=40, splice_tokens=0,

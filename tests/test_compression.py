@@ -79,7 +79,7 @@ def test_documented_numpy_reader_works_without_bitlens(tmp_path):
 
 
 def test_compress_and_decompress_commands_round_trip_the_bae_reconstruction(tmp_path):
-    from bitlens.analysis.compress_run import reconstruct
+    from bitlens.experiments.compress import reconstruct
     from bitlens.cli.main import main
     from bitlens.coders.bae import BAEConfig, BinaryAutoencoder
     from bitlens.coders.registry import save_coder
@@ -93,8 +93,8 @@ def test_compress_and_decompress_commands_round_trip_the_bae_reconstruction(tmp_
     bae.fit_input_scale(ActivationStore(store_dir).view().rows())
     save_coder(bae, tmp_path / "bae")
     out = tmp_path / "compress"
-    assert main(["compress", "--bae", str(tmp_path / "bae"), "--store", str(store_dir), "--out", str(out),
-                 "--val_fraction", "0.3"]) == 0
+    assert main(["compress", "--coder", str(tmp_path / "bae"), "--store", str(store_dir), "--out", str(out),
+                 "--val-fraction", "0.3"]) == 0
     summary = json.loads((out / "compress.json").read_text())
     assert summary["round_trip_exact"] is True
     formats = [row["format"] for row in summary["rows"]]
@@ -112,15 +112,15 @@ def test_compress_and_decompress_commands_round_trip_the_bae_reconstruction(tmp_
     assert 0 < codes.mean() < 1
     for kind in ("packed", "sparse"):
         target = tmp_path / f"{kind}.npy"
-        assert main(["decompress", "--bae", str(tmp_path / "bae"), "--input", str(out / f"codes.{kind}.blc"),
+        assert main(["decompress", "--coder", str(tmp_path / "bae"), "--input", str(out / f"codes.{kind}.blc"),
                      "--out", str(target)]) == 0
         decoded = np.load(target)
         assert np.array_equal(decoded, reconstruct(bae, codes))
         np.testing.assert_allclose(decoded, direct, rtol=1e-6, atol=1e-6)
-    assert main(["decompress", "--bae", str(tmp_path / "bae"), "--input", str(out / "codes.packed.blc"),
-                 "--out", str(tmp_path / "codes.npy"), "--codes_only"]) == 0
+    assert main(["decompress", "--coder", str(tmp_path / "bae"), "--input", str(out / "codes.packed.blc"),
+                 "--out", str(tmp_path / "codes.npy"), "--codes-only"]) == 0
     assert np.array_equal(np.load(tmp_path / "codes.npy"), codes)
     # a file from another BAE width is refused in one line
     write_codes(tmp_path / "other.blc", random_codes(width=5), "packed")
-    assert main(["decompress", "--bae", str(tmp_path / "bae"), "--input", str(tmp_path / "other.blc"),
+    assert main(["decompress", "--coder", str(tmp_path / "bae"), "--input", str(tmp_path / "other.blc"),
                  "--out", str(tmp_path / "x.npy")]) == 2

@@ -14,7 +14,7 @@ KEYS = {"n_tokens", "layer", "fvu", "cosine", "entropy_bits", "l0", "dead", "con
 def test_demo_pipeline(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus", n_docs=12, sentences_per_doc=20)
     out = tmp_path / "demo"
-    args = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--tokens", "1500", "--layer", "2",
+    args = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--max-tokens", "1500", "--layer", "2",
             "--steps", "30", "--top", "5", "--out", str(out)]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -41,7 +41,7 @@ def test_feature_summaries():
 
 def test_demo_refuses_a_run_trained_otherwise(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus", n_docs=12, sentences_per_doc=20)
-    base = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--tokens", "800", "--layer", "1",
+    base = ["demo", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--max-tokens", "800", "--layer", "1",
             "--steps", "10", "--top", "3", "--out", str(tmp_path / "d")]
     assert main(base) == 0
     assert main([*base, "--entropy-weight", "3"]) == 2

@@ -39,7 +39,7 @@ def store(tmp_path_factory):
     return position_store(tmp_path_factory.mktemp("pos") / "store")
 
 
-FAST = ["--steps", "20", "--batch_size", "64", "--noprogress"]
+FAST = ["--steps", "20", "--batch-size", "64", "--no-progress"]
 
 
 def test_layers_writes_json_and_plot_and_resumes(store, tmp_path):
@@ -62,7 +62,7 @@ def test_layers_writes_json_and_plot_and_resumes(store, tmp_path):
 
 
 def test_layers_resumes_an_interrupted_layer(store, tmp_path):
-    from bitlens.analysis.layers import LayersConfig, run_layers
+    from bitlens.experiments.layers import LayersConfig, run_layers
     from bitlens.coders.bae import BAEConfig
     from bitlens.data.store import ActivationStore
     from bitlens.training.config import TrainConfig, llm_loss
@@ -73,7 +73,7 @@ def test_layers_resumes_an_interrupted_layer(store, tmp_path):
     train, val = ActivationStore(store).split(0.1, 0, 1)
     model = init_bae(BAEConfig(d_in=DIM), train.rows(65536), llm_loss(), 0)
     trainer = Trainer(model, train, val, TrainConfig(steps=20, batch_size=64, progress=False, eval_every=10,
-                                                     checkpoint_every=10, eval_rows=16384), llm_loss(),
+                                                     checkpoint_every=10, eval_tokens=16384), llm_loss(),
                       out / "layer_01")
     trainer.fit(until=10)
     run_layers(LayersConfig(store=str(store), out=str(out), layers=[1], steps=20, batch_size=64, progress=False))
@@ -85,7 +85,7 @@ def test_layers_resumes_an_interrupted_layer(store, tmp_path):
 def test_positions_curve_and_saturation(store, tmp_path, mode):
     out = tmp_path / mode
     assert main(["entropy", "positions", "--store", str(store), "--out", str(out), "--layers", "1", "2",
-                 "--positions", "1,2,3,5,8,12", "--mode", mode, "--min_rows", "40", "--shared_steps", "20",
+                 "--positions", "1,2,3,5,8,12", "--mode", mode, "--min-tokens-per-position", "40", "--shared-steps", "20",
                  *FAST]) == 0
     summary = json.loads((out / "positions.json").read_text())
     assert summary["rows_per_position"] == DOCS and summary["mode"] == mode
@@ -98,7 +98,7 @@ def test_positions_curve_and_saturation(store, tmp_path, mode):
 
 def test_positions_refuses_a_store_without_enough_rows(store, tmp_path):
     assert main(["entropy", "positions", "--store", str(store), "--out", str(tmp_path / "p"),
-                 "--positions", "1,2", "--min_rows", "1000", "--max_rows", "1000", *FAST]) == 2
+                 "--positions", "1,2", "--min-tokens-per-position", "1000", "--max-tokens-per-position", "1000", *FAST]) == 2
     assert main(["entropy", "positions", "--store", str(store), "--out", str(tmp_path / "p"),
                  "--positions", "a,b", *FAST]) == 2
     assert main(["entropy", "layers", "--store", str(tmp_path / "nothing"), "--out", str(tmp_path / "l")]) == 2

@@ -79,7 +79,7 @@ def test_layer_out_of_range(lm):
 
 
 def test_store_rows_equal_reference_and_metadata_aligned(lm, corpus, tmp_path):
-    out = extract_to_store(lm, corpus, tmp_path / "store", layers=[0, 2, 4], max_seq_len=24, batch_size=3,
+    out = extract_to_store(lm, corpus, tmp_path / "store", layers=[0, 2, 4], max_seq_len=24, forward_batch=3,
                            dtype="float32", shard_rows=50, progress=False)
     store = ActivationStore(out)
     assert store.layers == [0, 2, 4] and len(store.manifest["shards"]) > 1
@@ -111,7 +111,7 @@ def test_first_position_excluded_without_bos(corpus, tmp_path):
                                              progress=False))
     assert store.meta[:, 3].min() == 1 and store.manifest["excluded"]["first"] == store.manifest["n_sequences"]
     kept = ActivationStore(extract_to_store(lm_nobos, corpus, tmp_path / "k", layers=[2], max_seq_len=24,
-                                            exclude_first=False, progress=False))
+                                            include_first=True, progress=False))
     assert kept.meta[:, 3].min() == 0
     assert kept.n_tokens == store.n_tokens + store.manifest["n_sequences"]
 
@@ -152,7 +152,7 @@ _KILLER = textwrap.dedent("""
             return original(path, data)
         store_mod.write_json = write_json
     lm = load_model(sys.argv[4])
-    extract_to_store(lm, load_corpus(sys.argv[2]), sys.argv[3], layers=[1, 3], max_seq_len=24, batch_size=2,
+    extract_to_store(lm, load_corpus(sys.argv[2]), sys.argv[3], layers=[1, 3], max_seq_len=24, forward_batch=2,
                      shard_rows=40, dtype="float32", progress=False)
 """)
 
@@ -172,7 +172,7 @@ def test_resume_after_kill(lm, corpus, tmp_path, mode):
     n_listed = len(__import__("json").loads((out / "manifest.json").read_text())["shards"])
     on_disk = len(list((out / "shards").iterdir()))
     assert n_listed >= 1 and on_disk == n_listed + (mode == "unlisted-shard")
-    kwargs = dict(layers=[1, 3], max_seq_len=24, batch_size=2, shard_rows=40, dtype="float32", progress=False)
+    kwargs = dict(layers=[1, 3], max_seq_len=24, forward_batch=2, shard_rows=40, dtype="float32", progress=False)
     resumed = ActivationStore(extract_to_store(lm, corpus, out, **kwargs))
     fresh = ActivationStore(extract_to_store(lm, corpus, tmp_path / "fresh", **kwargs))
     assert resumed.n_tokens == fresh.n_tokens

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bitlens.coders.bae import BAEConfig, BinaryAutoencoder
-from bitlens.training import fast_cov, fast_step, losses
+from bitlens.ops import fast_cov
+from bitlens.training import fast_step, losses
 from bitlens.training.config import LossConfig
 from bitlens.training.objective import bae_objective, reference_objective
 

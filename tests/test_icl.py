@@ -72,7 +72,7 @@ def test_fixed_demonstrations_reproduce_the_reference_quirk():
 def test_split_refuses_too_many_queries():
     from bitlens.io import BitlensError
 
-    with pytest.raises(BitlensError, match="lower --n_queries"):
+    with pytest.raises(BitlensError, match="fewer queries"):
         split_task(toy_task(n_groups=4, per_group=2), 40, seed=0)
 
 
@@ -92,8 +92,8 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
     out = tmp_path / "icl"
     args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,1,2",
-            "--n_queries", "16", "--layers", "1", "4", "--steps", "10", "--batch_size", "16", "--out", str(out),
-            "--noprogress"]
+            "--n-queries", "16", "--layers", "1", "4", "--steps", "10", "--batch-size", "16", "--out", str(out),
+            "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "icl.json").read_text())
     task = summary["tasks"]["spam"]
@@ -114,7 +114,7 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
 
 
 def test_last_token_states_do_not_depend_on_batching():
-    from bitlens.analysis.icl import label_token_ids, last_token_states
+    from bitlens.experiments.icl import label_token_ids, last_token_states
     from bitlens.data.models import load_model
 
     lm = load_model(tiny_model_dir())

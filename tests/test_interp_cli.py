@@ -27,7 +27,7 @@ def planted(tmp_path_factory):
 def test_bad_input_is_one_line(planted, tmp_path, capsys, extra, message):
     store, coder = planted
     code = main(["interpret", "--coder", str(coder), "--store", str(store), "--out", str(tmp_path / "o"),
-                 "--progress", "false", *extra])
+                 "--no-progress", *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
@@ -41,9 +41,9 @@ def test_replay_reproduces_a_cached_run_without_calls(planted, tmp_path, capsys)
     store, coder = planted
     cfg = InterpretConfig(coder=str(coder), store=str(store), out=str(tmp_path / "live"), progress=False)
     run_interpret(cfg, backend=ScriptedLLM(), echo=lambda s: None)
-    args = ["interpret", "--coder", str(coder), "--store", str(store), "--progress", "false",
+    args = ["interpret", "--coder", str(coder), "--store", str(store), "--no-progress",
             "--llm", "replay:fake:scripted", "--cache", str(tmp_path / "live" / "cache.sqlite")]
-    assert main([*args, "--out", str(tmp_path / "dry"), "--dry_run", "true"]) == 0
+    assert main([*args, "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
     assert "dry run: 0 calls" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "replayed")]) == 0
     assert "0 LLM calls" in capsys.readouterr().out

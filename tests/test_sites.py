@@ -26,7 +26,7 @@ def site_store(lm, tmp_path_factory):
     corpus = load_corpus(write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=8))
     return ActivationStore(extract_to_store(lm, corpus, tmp_path_factory.mktemp("s") / "store", layers=[2],
                                             sites=["mlp_in.2", "mlp_out.2", "mlp_in.1"], dtype="float32",
-                                            max_seq_len=24, batch_size=4, shard_rows=100, progress=False))
+                                            max_seq_len=24, forward_batch=4, shard_rows=100, progress=False))
 
 
 def test_mlp_sites_are_the_mlp_input_and_output(lm):
@@ -84,7 +84,7 @@ def test_extract_cli_with_sites_only(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus", n_docs=2)
     out = tmp_path / "store"
     assert main(["extract", "--model", str(tiny_model_dir()), "--corpus", str(corpus), "--sites", "mlp_out.1",
-                 "--out", str(out), "--max_seq_len", "24"]) == 0
+                 "--out", str(out), "--max-seq-len", "24"]) == 0
     store = ActivationStore(out)
     assert store.layers == [] and store.sites == ["mlp_out.1"]
     assert "sites ['mlp_out.1']" in capsys.readouterr().out

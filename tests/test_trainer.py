@@ -88,13 +88,15 @@ def test_refuses_to_overwrite_and_resume_without_checkpoint(tmp_path, synth8):
 
 
 def test_paper_preset_objective_is_raw(tmp_path, synth8):
-    from bitlens.training.run import apply_paper_preset
+    from bitlens.training.config import apply_preset
     from bitlens.training.objective import term_weights
 
-    bae, train, loss = apply_paper_preset(BAEConfig(), TrainConfig(steps=2000), LossConfig())
+    bae, train, loss = apply_preset("paper", BAEConfig(), TrainConfig(steps=2000), LossConfig())
     assert bae.surrogate == "official" and train.lr == 5e-4 and loss.preset == "paper"
     assert term_weights(loss, 256, 499, 2000) == (0.0, 1e-7)  # entropy off before a quarter of training
     assert term_weights(loss, 256, 500, 2000) == (1e-7, 1e-7)
+    # the switch is a fraction of training, so a run sized by epochs gets it at its own quarter
+    assert term_weights(loss, 256, 249, 1000)[0] == 0.0 and term_weights(loss, 256, 250, 1000)[0] == 1e-7
     x, _ = synth8
     tr, va = split_rows(x, 0.2, 0)
     model, _ = train_bae(tr, va, tmp_path / "p", bae, TrainConfig(**{**CFG, "steps": 5}), loss)

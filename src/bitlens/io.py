@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from ._version import __version__
 
 
 def _umask() -> int:

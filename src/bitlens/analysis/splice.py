@@ -20,8 +20,9 @@ the site replaced by its dataset mean). A perfect reconstruction has KL 0, CE in
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -183,6 +184,29 @@ def splice_evaluate(lm: LoadedModel, sequences: Sequence[TokenSequence], variant
         bar.update(len(batch))
     bar.close()
     return {name: a.result() for name, a in acc.items()}
+
+
+@contextlib.contextmanager
+def spliced(lm: LoadedModel, coder: torch.nn.Module, layer: int, positions: Positions = "all") -> Iterator[None]:
+    """Within the block, the residual stream entering block ``layer`` (``hidden_states[layer]``) is replaced by
+    ``coder``'s reconstruction: at every position, or at the last position of each input (``"last"``; pad on the
+    left, or run unpadded, so the last position is a real token)."""
+    if positions not in ("all", "last"):
+        raise BitlensError(f"positions must be all or last, not {positions!r}")
+
+    def replace(h: torch.Tensor) -> torch.Tensor:
+        device = next(coder.parameters()).device
+        if positions == "all":
+            return coder(h.float().to(device)).reconstruction.to(h.device, h.dtype)
+        new = h.clone()
+        new[:, -1] = coder(h[:, -1].float().to(device)).reconstruction.to(h.device, h.dtype)
+        return new
+
+    handle = _register(lm, f"resid.{layer}", replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _spliced_run(lm: LoadedModel, variant: Variant, replace: torch.Tensor, run: Callable[[], torch.Tensor]):

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..training.bit_products import int_mm
+from ..ops.bit_products import int_mm
 from .entropy import bernoulli_entropy_bits
 
 

@@ -1,284 +1,238 @@
-"""Sub-commands: each registers its options and runs one API call."""
+"""Sub-commands: each registers its options (from config dataclasses, see ``options.py``) and runs one API call."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass, fields
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..coders.bae import BAEConfig
-from ..training.config import LossConfig, TrainConfig
+from ..training.config import PRESETS, LossConfig, TrainConfig
+from .options import add_config, read_config, typed_options
+
+Register = Callable[[argparse.ArgumentParser, dict[str, Any]], None]
 
 
 @dataclass
 class Command:
     name: str
     help: str
-    register: Callable[[argparse.ArgumentParser], None]
+    register: Register
+    """Adds the options; receives the preset's field defaults (empty without --preset)."""
     run: Callable[[argparse.Namespace, list[str]], int | None]
+    resumable_hint: str = "rerun the same command to continue where it stopped"
 
 
-def _add_training_options(p) -> None:
-    p.add_arguments(BAEConfig, dest="bae")
-    p.add_arguments(TrainConfig, dest="train")
-    p.add_arguments(LossConfig, dest="loss")
+def _add_training_options(p, defaults: dict[str, Any]) -> None:
+    add_config(p, BAEConfig, "bae", defaults=defaults, title="BAE architecture")
+    add_config(p, TrainConfig, "train", defaults=defaults, title="optimisation")
+    add_config(p, LossConfig, "loss", defaults=defaults, title="objective")
 
 
-def _explicit(argv: list[str], *configs) -> set[str]:
-    """Names of config fields the user typed on the command line (so presets leave them alone)."""
-    typed = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    typed |= {t[2:] for t in typed if t.startswith("no")}  # --noprogress sets `progress`
-    return {f.name for cfg in configs for f in fields(cfg) if f.name in typed}
-
-
-def _configs(args, argv):
-    bae, train, loss = args.bae, args.train, args.loss
-    if loss.preset == "paper":
-        from ..training.run import apply_paper_preset
-        bae, train, loss = apply_paper_preset(bae, train, loss, keep=_explicit(argv, bae, train, loss) - {"preset"})
-    return bae, train, loss
+def _training_configs(args) -> tuple[BAEConfig, TrainConfig, LossConfig]:
+    return read_config(args, BAEConfig, "bae"), read_config(args, TrainConfig, "train"), read_config(args, LossConfig, "loss")
 
 
 # ---- train -----------------------------------------------------------------------------------------------------
-def _register_train(p) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--activations", metavar="FILE",
-                        help="activation file: a 2-D float array [rows, dim] as .npy or .safetensors")
-    source.add_argument("--store", metavar="DIR", help="activation store written by `bitlens extract`")
-    p.add_argument("--layer", type=int, default=None,
-                   help="layer of the store to train on (hidden_states[L]); needed when the store holds several")
-    p.add_argument("--keep-outliers", action="store_true",
-                   help="with --store: keep rows whose norm exceeds 10x the median (attention sinks; left out by default)")
-    p.add_argument("--key", default=None, help="tensor name inside a .safetensors file holding several")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, metrics.jsonl, curves.png, manifest.json)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint with its saved settings; "
-                        "--steps/--epochs given with it extend the run, reporting options may change, others are ignored")
-    _add_training_options(p)
+@dataclass
+class TrainInputs:
+    """What to train on and where the run goes."""
+
+    out: str
+    """Run folder (checkpoint/, metrics.jsonl, curves.png, final_metrics.json, manifest.json)."""
+    activations: str = ""
+    """Activation file: a 2-D float array [rows, dim] as .npy or .safetensors (or give --store)."""
+    store: str = ""
+    """Activation store written by `bitlens extract` (or give --activations)."""
+    layer: int | None = None
+    """Layer of the store to train on (hidden_states[L]); none = the store's only layer."""
+    keep_outliers: bool = False
+    """With --store: keep rows whose norm exceeds 10x the layer's median (attention sinks; left out by default)."""
+    key: str = ""
+    """Tensor name inside a .safetensors file holding several."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint with its saved settings; --steps/--epochs extend the run,
+    device/progress/evaluation options may change, other options are ignored."""
+
+
+def _register_train(p, defaults) -> None:
+    add_config(p, TrainInputs, "inputs", title="data and run folder")
+    _add_training_options(p, defaults)
 
 
 def _run_train(args, argv) -> int:
-    from ..data.sources import load_activations, split_rows
-    from ..io import file_fingerprint
-    from ..training.run import train_bae
-
-    bae, train, loss = _configs(args, argv)
-    if args.store:
-        from ..data.store import ActivationStore
-
-        store = ActivationStore(args.store)
-        layer = store.default_layer(args.layer)
-        tr, va = store.split(train.val_fraction, train.seed, layer, keep_outliers=args.keep_outliers)  # by document
-        inputs = {"store": str(args.store), "layer": layer, "store_settings": store.manifest.get("settings"),
-                  "outliers_left_out": 0 if args.keep_outliers else int(store.outliers(layer).sum()),
-                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows}
-    else:
-        x = load_activations(args.activations, args.key)
-        tr, va = split_rows(x, train.val_fraction, train.seed)
-        inputs = {"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
-                  "rows": int(x.shape[0]), "dim": int(x.shape[1])}
+    from ..api import train_run
+    from ..io import BitlensError
     from ..training.trainer import Trainer
 
-    overrides = {name: getattr(train, name) for name in _explicit(argv, train) & Trainer.RESUMABLE_OVERRIDES}
-    ignored = _explicit(argv, bae, train, loss) - Trainer.RESUMABLE_OVERRIDES
-    if args.resume and ignored:
-        print(f"bitlens: note: resuming uses the checkpoint's settings; ignored: {', '.join(sorted(ignored))}",
-              file=sys.stderr)
-    _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume, resume_overrides=overrides,
-                         inputs=inputs)
+    inputs = read_config(args, TrainInputs, "inputs")
+    if bool(inputs.activations) == bool(inputs.store):
+        raise BitlensError("give one of --activations FILE or --store DIR")
+    bae, train, loss = _training_configs(args)
+    typed = typed_options(argv)
+    overrides = {name: getattr(train, name) for name in typed & Trainer.RESUMABLE_OVERRIDES}
+    if inputs.resume:
+        ignored = typed & {f for cfg in (bae, train, loss) for f in cfg.to_dict()} - Trainer.RESUMABLE_OVERRIDES
+        if ignored:
+            import logging
+
+            logging.getLogger("bitlens").warning("resuming uses the checkpoint's settings; ignored: %s",
+                                                 ", ".join(sorted(ignored)))
+    stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer, key=inputs.key or None,
+                      keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss, resume=inputs.resume,
+                      resume_overrides=overrides)
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
-          f"checkpoint in {args.out}/checkpoint")
+          f"checkpoint in {inputs.out}/checkpoint")
     return 0
 
 
 # ---- synth -----------------------------------------------------------------------------------------------------
-def _register_synth(p) -> None:
-    from ..analysis.synth_benchmark import SynthConfig
+@dataclass
+class SynthOutput:
+    """Where the benchmark writes."""
 
-    p.add_argument("--out", default="runs/synth", metavar="DIR", help="output folder (synth.json, synth.png, one run per r)")
-    p.add_arguments(SynthConfig, dest="synth")
-    _add_training_options(p)
+    out: str = "runs/synth"
+    """Output folder (synth.json, synth.png, one run per r; finished runs are reused)."""
+
+
+def _register_synth(p, defaults) -> None:
+    from ..experiments.synth import SynthConfig
+
+    add_config(p, SynthOutput, "synth_out", title="output")
+    add_config(p, SynthConfig, "synth", title="synthetic data")
+    _add_training_options(p, defaults)
 
 
 def _run_synth(args, argv) -> int:
-    from ..analysis.synth_benchmark import run_synth
+    from ..experiments.synth import SynthConfig, run_synth
 
-    bae, train, loss = _configs(args, argv)
-    args.synth.bit_list()  # validate before any work
-    summary = run_synth(args.synth, args.out, bae, train, loss)
+    out = read_config(args, SynthOutput, "synth_out").out
+    bae, train, loss = _training_configs(args)
+    summary = run_synth(read_config(args, SynthConfig, "synth"), out, bae, train, loss)
     print(f"max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, max FVU = {summary['max_fvu']:.4f}; "
-          f"wrote {args.out}/synth.json and {args.out}/synth.png")
+          f"wrote {out}/synth.json and {out}/synth.png")
     return 0
 
 
-# ---- extract ---------------------------------------------------------------------------------------------------
-def _register_extract(p) -> None:
-    from ..data.extract import ExtractConfig
+# ---- commands that are one config and one runner -------------------------------------------------------------
+def _single(module: str, config: str, runner: str, report: Callable[[Any, Any], None]) -> tuple[Register, Callable]:
+    import importlib
 
-    p.add_arguments(ExtractConfig, dest="extract")
+    def register(p, defaults) -> None:
+        cls = getattr(importlib.import_module(module, __package__), config)
+        add_config(p, cls, "cfg", title=f"{p.prog} options")
 
+    def run(args, argv) -> int:
+        mod = importlib.import_module(module, __package__)
+        cfg = read_config(args, getattr(mod, config), "cfg")
+        report(cfg, getattr(mod, runner)(cfg))
+        return 0
 
-def _run_extract(args, argv) -> int:
-    from ..data.extract import extract_main
-
-    extract_main(args.extract)
-    return 0
-
-
-# ---- demo ------------------------------------------------------------------------------------------------------
-def _register_demo(p) -> None:
-    from ..demo import DemoConfig
-
-    p.add_arguments(DemoConfig, dest="demo")
+    return register, run
 
 
-def _run_demo(args, argv) -> int:
-    from ..demo import run_demo
-
-    run_demo(args.demo)
-    return 0
+def _report_extract(cfg, out) -> None:
+    pass  # extract_main prints its own summary line
 
 
-# ---- compare ---------------------------------------------------------------------------------------------------
-def _register_compare(p) -> None:
-    from ..compare import CompareConfig
-
-    p.add_arguments(CompareConfig, dest="compare")
-
-
-def _run_compare(args, argv) -> int:
-    from ..compare import run_compare
-
-    summary = run_compare(args.compare)
-    print(f"wrote {args.compare.out}/compare.json, compare.md, frequencies.png, units.png "
+def _report_compare(cfg, summary) -> None:
+    print(f"wrote {cfg.out}/compare.json, compare.md, frequencies.png, units.png "
           f"({summary['seconds_this_run']['total']:.0f}s)")
-    return 0
 
 
-# ---- interpret -------------------------------------------------------------------------------------------------
-def _register_interpret(p) -> None:
-    from ..interpretation.config import InterpretConfig
-
-    p.add_arguments(InterpretConfig, dest="interpret")
-
-
-def _run_interpret(args, argv) -> int:
-    from ..interpretation.pipeline import run_interpret
-
-    summary = run_interpret(args.interpret)
+def _report_interpret(cfg, summary) -> None:
     if "n_scored" in summary:
         print(f"{summary['n_scored']} of {summary['n_features']} features scored; interpretable by threshold "
               f"{summary['n_interpretable']}; mean {summary['score_name']} {summary['mean_score']}; "
               f"{summary['usage']['calls']} LLM calls, {summary['usage']['cache_hits']} cache hits; "
-              f"wrote {args.interpret.out}/summary.json")
-    return 0
+              f"wrote {cfg.out}/summary.json")
 
 
-# ---- entropy layers | positions | icl ----------------------------------------------------------------------------
-def _entropy_analyses():
-    from ..analysis.icl import ICLConfig, run_icl
-    from ..analysis.layers import LayersConfig, run_layers
-    from ..analysis.positions import PositionsConfig, run_positions
-
-    return {
-        "layers": ("Entropy, FVU and L0 of each layer, one BAE per layer on the same tokens.", LayersConfig,
-                   run_layers),
-        "positions": ("Entropy against token position per layer, with the saturation position and plateau.",
-                      PositionsConfig, run_positions),
-        "icl": ("Entropy of the last prompt token against the number of ICL demonstrations, with ICL accuracy.",
-                ICLConfig, run_icl),
-    }
-
-
-def _register_entropy(p) -> None:
-    import simple_parsing as sp
-
-    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=sp.ArgumentParser, required=True)
-    for name, (help_text, config_cls, _) in _entropy_analyses().items():
-        child = sub.add_parser(name, help=help_text, description=help_text,
-                               add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH,
-                               formatter_class=sp.SimpleHelpFormatter)
-        child.add_arguments(config_cls, dest="cfg")
-
-
-def _run_entropy(args, argv) -> int:
-    _, _, run = _entropy_analyses()[args.analysis]
-    summary = run(args.cfg)
-    out = args.cfg.out
-    if args.analysis == "layers":
-        for row in summary["layers"]:
-            print(f"layer {row['layer']:>3}: {row['entropy_bits']:7.1f} bits "
-                  f"(corrected {row['entropy_bits_corrected']:.1f}), "
-                  f"FVU {row['fvu']:.3f}, L0 {row['l0']:.1f}")
-        print(f"wrote {out}/layers.json and {out}/layers.png")
-    elif args.analysis == "positions":
-        for entry in summary["layers"]:
-            curve = ", ".join(f"{c['position']}:{c['entropy_bits']:.0f}" for c in entry["positions"])
-            print(f"layer {entry['layer']:>3}: saturation at {entry['saturation_position']}, plateau "
-                  f"{entry['plateau_bits']:.1f} bits  [{curve}]")
-        print(f"wrote {out}/positions.json and {out}/positions.png")
-    else:
-        for name, task in summary["tasks"].items():
-            acc = ", ".join(f"k={a['k']}:{a['accuracy']:.2f}" for a in task["accuracy"])
-            print(f"{name}: accuracy {acc}")
-            for entry in task["layers"]:
-                print(f"  layer {entry['layer']:>3}: " + ", ".join(f"k={c['k']}:{c['entropy_bits']:.1f}"
-                                                              for c in entry["curve"]))
-        print(f"wrote {out}/icl.json and {out}/icl.png")
-    return 0
-
-
-# ---- compress / decompress ---------------------------------------------------------------------------------------
-def _register_compress(p) -> None:
-    from ..analysis.compress_run import CompressConfig
-
-    p.add_arguments(CompressConfig, dest="cfg")
-
-
-def _run_compress(args, argv) -> int:
-    from ..analysis.compress_run import run_compress
-
-    summary = run_compress(args.cfg)
+def _report_compress(cfg, summary) -> None:
     for row in summary["rows"]:
         print(f"{row['format']:<48} {row['bits_per_vector']:10.1f} bits/vector  MSE {row['mse']:.4g}  "
               f"FVU {row['fvu']:.4f}  cosine {row['cosine']:.4f}")
-    print(f"round trip exact: {summary['round_trip_exact']}; wrote {args.cfg.out}/compress.json")
-    return 0
+    print(f"round trip exact: {summary['round_trip_exact']}; wrote {cfg.out}/compress.json")
 
 
-def _register_decompress(p) -> None:
-    from ..analysis.compress_run import DecompressConfig
-
-    p.add_arguments(DecompressConfig, dest="cfg")
-
-
-def _run_decompress(args, argv) -> int:
-    from ..analysis.compress_run import run_decompress
-
-    path = run_decompress(args.cfg)
+def _report_decompress(cfg, path) -> None:
     print(f"wrote {path}")
-    return 0
+
+
+def _report_demo(cfg, summary) -> None:
+    pass  # the demo reports as it goes
+
+
+# ---- entropy layers | positions | icl ----------------------------------------------------------------------------
+def _report_layers(cfg, summary) -> None:
+    for row in summary["layers"]:
+        print(f"layer {row['layer']:>3}: {row['entropy_bits']:7.1f} bits "
+              f"(corrected {row['entropy_bits_corrected']:.1f}), FVU {row['fvu']:.3f}, L0 {row['l0']:.1f}")
+    print(f"wrote {cfg.out}/layers.json and {cfg.out}/layers.png")
+
+
+def _report_positions(cfg, summary) -> None:
+    for entry in summary["layers"]:
+        curve = ", ".join(f"{c['position']}:{c['entropy_bits']:.0f}" for c in entry["positions"])
+        print(f"layer {entry['layer']:>3}: saturation at {entry['saturation_position']}, plateau "
+              f"{entry['plateau_bits']:.1f} bits  [{curve}]")
+    print(f"wrote {cfg.out}/positions.json and {cfg.out}/positions.png")
+
+
+def _report_icl(cfg, summary) -> None:
+    for name, task in summary["tasks"].items():
+        acc = ", ".join(f"k={a['k']}:{a['accuracy']:.2f}" for a in task["accuracy"])
+        print(f"{name}: accuracy {acc}")
+        for entry in task["layers"]:
+            print(f"  layer {entry['layer']:>3}: " + ", ".join(f"k={c['k']}:{c['entropy_bits']:.1f}"
+                                                          for c in entry["curve"]))
+    print(f"wrote {cfg.out}/icl.json and {cfg.out}/icl.png")
+
+
+ENTROPY_ANALYSES = {
+    "layers": ("Entropy, FVU and L0 of each layer, one BAE per layer on the same tokens.",
+               _single("..experiments.layers", "LayersConfig", "run_layers", _report_layers)),
+    "positions": ("Entropy against token position per layer, with the saturation position and plateau.",
+                  _single("..experiments.positions", "PositionsConfig", "run_positions", _report_positions)),
+    "icl": ("Entropy of the last prompt token against the number of ICL demonstrations, with ICL accuracy.",
+            _single("..experiments.icl", "ICLConfig", "run_icl", _report_icl)),
+}
+
+
+def _register_entropy(p, defaults) -> None:
+    from .main import new_subparsers
+
+    sub = new_subparsers(p, "analysis", "ANALYSIS")
+    for name, (help_text, (register, _)) in ENTROPY_ANALYSES.items():
+        register(sub.add_parser(name, help=help_text, description=help_text), defaults)
+
+
+def _run_entropy(args, argv) -> int:
+    _, (_, run) = ENTROPY_ANALYSES[args.analysis]
+    return run(args, argv)
 
 
 COMMANDS = [
     Command("extract", "Extract hidden states of a causal LM over a corpus into an activation store.",
-            _register_extract, _run_extract),
-    Command("train", "Train a Binary Autoencoder on an activation file.", _register_train, _run_train),
+            *_single("..data.extract", "ExtractConfig", "extract_main", _report_extract)),
+    Command("train", "Train a Binary Autoencoder on an activation file or store.", _register_train, _run_train,
+            resumable_hint="continue with the same command plus --resume"),
     Command("synth", "Synthetic known-entropy benchmark: one BAE per r bits, estimated vs true entropy.",
             _register_synth, _run_synth),
     Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features.",
-            _register_demo, _run_demo),
+            *_single("..experiments.demo", "DemoConfig", "run_demo", _report_demo)),
     Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
-            "statistics and splicing.", _register_compare, _run_compare),
+            "statistics and splicing.", *_single("..experiments.compare", "CompareConfig", "run_compare",
+                                                 _report_compare)),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
-            _register_interpret, _run_interpret),
+            *_single("..interpretation.pipeline", "InterpretConfig", "run_interpret", _report_interpret)),
     Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
             _register_entropy, _run_entropy),
     Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
-            _register_compress, _run_compress),
-    Command("decompress", "Decode a BAE code file back to hidden states (.npy).", _register_decompress,
-            _run_decompress),
+            *_single("..experiments.compress", "CompressConfig", "run_compress", _report_compress)),
+    Command("decompress", "Decode a BAE code file back to hidden states (.npy).",
+            *_single("..experiments.compress", "DecompressConfig", "run_decompress", _report_decompress)),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
+PRESET_NAMES = tuple(PRESETS)

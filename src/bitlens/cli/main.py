@@ -1,53 +1,112 @@
 """The ``bitlens`` command: a thin layer over the Python API.
 
-Every option comes from a config dataclass, whose field docstrings are the ``--help`` text.
-Errors in the input print one line and exit with code 2; Ctrl-C writes a checkpoint and exits with 130.
+Every option comes from a config dataclass, whose field docstrings are the ``--help`` text (see ``options.py`` for
+the one convention all commands follow). Errors in the input print one line and exit with code 2; Ctrl-C writes a
+checkpoint where there is one to write and exits with 130.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
-from pathlib import Path
-
-import simple_parsing as sp
 
 from ..io import BitlensError
 from . import commands
+from .options import Flag
 
 DESCRIPTION = "bitlens: Binary Autoencoders for interpreting language-model hidden states."
 
 
-def _subparser(sub, name: str, help_text: str) -> sp.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text,
-                          add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH,
-                          formatter_class=sp.SimpleHelpFormatter)
+class HelpFormatter(argparse.HelpFormatter):
+    """Wider option column, so option names and their help stay on one line where they fit."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=110)
 
 
-def build_parser() -> sp.ArgumentParser:
-    parser = sp.ArgumentParser(prog="bitlens", description=DESCRIPTION,
-                               add_option_string_dash_variants=sp.DashVariant.UNDERSCORE_AND_DASH)
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=sp.ArgumentParser)
+def new_parser(**kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
+
+
+def new_subparsers(parser: argparse.ArgumentParser, dest: str, metavar: str):
+    return parser.add_subparsers(dest=dest, metavar=metavar, required=True,
+                                 parser_class=lambda **kw: new_parser(**kw))
+
+
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``preset`` the training options of train and synth default to that preset's values."""
+    from ..training.config import PRESETS
+
+    defaults = dict(PRESETS.get(preset or "", {}))
+    if preset:
+        defaults["preset"] = preset
+    parser = new_parser(prog="bitlens", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--quiet", action=Flag, default=False, help="print only warnings and errors (default: false)")
+    sub = new_subparsers(parser, "command", "COMMAND")
     for spec in commands.COMMANDS:
-        spec.register(_subparser(sub, spec.name, spec.help))
+        spec.register(sub.add_parser(spec.name, help=spec.help, description=spec.help), defaults)
     return parser
+
+
+def _version() -> str:
+    from .._version import __version__
+
+    return f"bitlens {__version__}"
+
+
+def _preset(argv: list[str]) -> str | None:
+    """The value of --preset, read before the real parse so the preset's values become the option defaults."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known.preset
+
+
+class _Levels(logging.Filter):
+    def __init__(self, below: int) -> None:
+        super().__init__()
+        self.below = below
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.below
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Progress messages of the library go to stdout as plain lines, warnings to stderr as 'bitlens: warning: ...'."""
+    log = logging.getLogger("bitlens")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(_Levels(logging.WARNING))
+    info.setFormatter(logging.Formatter("%(message)s"))
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("bitlens: %(levelname)s: %(message)s"))
+    log.addHandler(info)
+    log.addHandler(warn)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except ValueError as e:  # a dataclass __post_init__ refused a value
-        print(f"bitlens: error: {e}", file=sys.stderr)
+    preset = _preset(argv)
+    from ..training.config import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        print(f"bitlens: error: unknown preset {preset!r}; choose from {', '.join(PRESETS)}", file=sys.stderr)
         return 2
-    if args.version:
-        from .. import __version__
-        print(__version__)
-        return 0
-    if not args.command:
+    parser = build_parser(preset)
+    if not argv:
         parser.print_help()
         return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)
+        return int(e.code or 0)
+    setup_logging(args.quiet)
     spec = commands.BY_NAME[args.command]
     try:
         return spec.run(args, argv) or 0
@@ -55,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bitlens: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        hint = f"; continue with the same command plus --resume (checkpoint in {Path(out) / 'checkpoint'})" if out else ""
-        print(f"bitlens: interrupted{hint}", file=sys.stderr)
+        print(f"bitlens: interrupted; {spec.resumable_hint}", file=sys.stderr)
         return 130
 
 

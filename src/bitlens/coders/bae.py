@@ -8,11 +8,10 @@ Callers always see the original space: ``encode`` takes raw states, ``decode`` r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
+from .base import Coder, CoderOutput
 from .step import Surrogate, binarize
 from ..config import Serializable
 
@@ -45,24 +44,15 @@ class BAEConfig(Serializable):
         return self.d_code or self.expansion * self.d_in
 
 
-class BAEOutput(NamedTuple):
-    reconstruction: torch.Tensor
-    """[B, d] decoded vectors, in the caller's (unnormalised) space."""
-    code: torch.Tensor
-    """[B, d'] binary code in {0, 1}; carries the surrogate gradient."""
-    pre_activation: torch.Tensor
-    """[B, d'] encoder output before the step (normalised space)."""
+BAEOutput = CoderOutput  # the BAE's forward output: reconstruction, code, pre_activation
 
 
-class BinaryAutoencoder(nn.Module):
+class BinaryAutoencoder(Coder):
     architecture = "bae"
     binary = True  # codes are {0, 1}; interpretation and statistics read "fires" as code == 1
 
     def __init__(self, cfg: BAEConfig):
-        super().__init__()
-        if cfg.d_in <= 0:
-            raise ValueError("BAEConfig.d_in must be set to the hidden size")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = nn.Linear(cfg.d_in, cfg.width, bias=cfg.encoder_bias)
         self.decoder = nn.Linear(cfg.width, cfg.d_in, bias=True)
         # W_out [d, d'] is stored column-major (strides (1, d)): the training step reads W_out^T row by row (sparse
@@ -70,34 +60,9 @@ class BinaryAutoencoder(nn.Module):
         self.decoder.weight = nn.Parameter(self.decoder.weight.detach().t().contiguous().t())
         self.register_buffer("input_scale", torch.ones(()))
 
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def width(self) -> int:
-        return self.cfg.width
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., d] raw states -> [..., d'] pre-activations."""
-        return self.encoder(x / self.input_scale)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., d] raw states -> [..., d'] binary codes (0.0/1.0)."""
-        return binarize(self.pre_activation(x), self.cfg.surrogate, self.cfg.tau)
-
-    def decode_normalized(self, code: torch.Tensor) -> torch.Tensor:
-        """[..., d'] codes -> [..., d] reconstruction in the normalised space."""
-        return self.decoder(code)
-
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        """[..., d'] codes -> [..., d] reconstruction in the raw space."""
-        return self.decoder(code) * self.input_scale
-
-    def forward(self, x: torch.Tensor) -> BAEOutput:
-        pre = self.pre_activation(x)
-        code = binarize(pre, self.cfg.surrogate, self.cfg.tau)
-        return BAEOutput(self.decode(code), code, pre)
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """[..., d'] pre-activations -> binary codes (0.0/1.0) carrying the surrogate gradient."""
+        return binarize(pre, self.cfg.surrogate, self.cfg.tau)
 
     @torch.no_grad()
     def fit_input_scale(self, x: torch.Tensor) -> float:

@@ -15,12 +15,12 @@ can also be scored by the interpretation pipeline like any other coder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..config import Serializable
+from .base import Coder, CoderOutput
 
 
 @dataclass
@@ -47,23 +47,14 @@ class RandomConfig(Serializable):
         return self.d_code or self.expansion * self.d_in
 
 
-class RandomOutput(NamedTuple):
-    reconstruction: torch.Tensor
-    """[B, d] decoded vectors (raw space)."""
-    code: torch.Tensor
-    """[B, width] random feature activations."""
-    pre_activation: torch.Tensor
-    """[B, width] projections minus thresholds (normalised space)."""
+RandomOutput = CoderOutput  # reconstruction, code, pre_activation
 
 
-class RandomControl(nn.Module):
+class RandomControl(Coder):
     architecture = "random"
 
     def __init__(self, cfg: RandomConfig):
-        super().__init__()
-        if cfg.d_in <= 0:
-            raise ValueError("RandomConfig.d_in must be set to the input size")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.binary = cfg.binary
         g = torch.Generator().manual_seed(cfg.seed)
         directions = torch.randn(cfg.width, cfg.d_in, generator=g)
@@ -72,33 +63,12 @@ class RandomControl(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
         self.decoder = nn.Linear(cfg.width, cfg.d_in)
 
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def width(self) -> int:
-        return self.cfg.width
-
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw inputs -> [..., width] projections on the fixed directions minus the thresholds."""
         return (x / self.input_scale) @ self.directions.T - self.thresholds
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return (pre > 0).to(pre.dtype) if self.cfg.binary else torch.relu(pre)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.pre_activation(x))
-
-    def decode_normalized(self, code: torch.Tensor) -> torch.Tensor:
-        return self.decoder(code)
-
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        return self.decoder(code) * self.input_scale
-
-    def forward(self, x: torch.Tensor) -> RandomOutput:
-        pre = self.pre_activation(x)
-        code = self.activate(pre)
-        return RandomOutput(self.decode(code), code, pre)
 
     @torch.no_grad()
     def match_rates(self, sample: torch.Tensor, rates: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from .._version import __version__
 from ..io import BitlensError, atomic_path, write_json
 from .bae import BAEConfig, BinaryAutoencoder
 from .random_control import RandomConfig, RandomControl

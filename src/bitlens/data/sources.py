@@ -92,7 +92,7 @@ def load_activations(path: str | Path, key: str | None = None) -> torch.Tensor:
             tensors = load_file(str(path))
             if key is None:
                 if len(tensors) != 1:
-                    raise BitlensError(f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); pick one with --key")
+                    raise BitlensError(f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); name the one to use")
                 key = next(iter(tensors))
             if key not in tensors:
                 raise BitlensError(f"{path} has no tensor {key!r}; it holds {', '.join(sorted(tensors))}")

@@ -117,7 +117,7 @@ class StoreWriter:
                 keys = sorted(k for k in set(settings) | set(old.get("settings", {}))
                               if settings.get(k) != old.get("settings", {}).get(k))
                 raise BitlensError(f"store {path} was made with different settings ({', '.join(keys)}); "
-                                   "pass --overwrite or choose another folder")
+                                   "overwrite it or choose another folder")
             shutil.rmtree(path)
         elif path.exists() and any(path.iterdir()):
             raise BitlensError(f"{path} exists and is not an activation store; choose an empty or new folder")
@@ -194,7 +194,7 @@ class StoreWriter:
             for layer in self.keys:
                 rows = np.concatenate(self._buffer[layer]).astype(np.float32, copy=False)
                 if self.np_dtype is np.float16 and rows.size and np.abs(rows).max() > _F16_MAX:
-                    raise BitlensError(f"layer {layer} activations exceed the float16 range; use --dtype float32")
+                    raise BitlensError(f"layer {layer} activations exceed the float16 range; store them as float32")
                 np.save(tmp / _layer_file(layer), rows.astype(self.np_dtype))
                 np.save(tmp / _layer_file(layer, "norm"), np.linalg.norm(rows, axis=1).astype(np.float32))
                 np.save(tmp / _layer_file(layer, "sum"), rows.sum(axis=0, dtype=np.float64))

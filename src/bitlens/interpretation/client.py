@@ -45,9 +45,9 @@ class LLMClient:
         self.usage.cache_hits += len(requests) - len(missing)
         if missing:
             if self.max_calls and self.usage.calls + len(missing) > self.max_calls:
-                raise BudgetExhausted(f"--max_calls {self.max_calls} reached ({self.usage.calls} calls made)")
+                raise BudgetExhausted(f"the call budget ({self.max_calls}) is reached ({self.usage.calls} calls made)")
             if self.max_cost and self.usage.cost >= self.max_cost:
-                raise BudgetExhausted(f"--max_cost {self.max_cost} reached (${self.usage.cost:.4f} spent)")
+                raise BudgetExhausted(f"the cost budget (${self.max_cost}) is reached (${self.usage.cost:.4f} spent)")
             def arrived(j: int, reply: Reply) -> None:
                 i = missing[j]
                 replies[i] = reply

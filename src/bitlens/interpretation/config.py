@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from ..config import Serializable
 
@@ -11,30 +12,30 @@ from ..config import Serializable
 class InterpretConfig(Serializable):
     """Explain and score coder features with an LLM."""
 
-    coder: str = ""
+    coder: str
     """Coder checkpoint folder (or a run folder holding checkpoint/)."""
-    store: str = ""
+    store: str
     """Activation store written by `bitlens extract` (tokens and their metadata)."""
     out: str = "runs/interp"
     """Run folder: features.jsonl, examples.jsonl, judgements.jsonl, summary.json, plots, units.sqlite."""
-    mode: str = "default"
+    mode: Literal["default", "comsem"] = "default"
     """default (balanced detection with negatives) or comsem (the paper's procedure, positives only)."""
-    layer: int = -1
-    """Store layer the coder reads; -1 = the store's only layer."""
+    layer: int | None = None
+    """Store layer the coder reads; none = the store's only layer."""
     llm: str = "local:embedded"
     """Judge/explainer: local:MODEL (transformers; embedded = SmolLM2-135M-Instruct), openai:MODEL, replay:SPEC."""
     base_url: str = ""
     """Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama); empty = the SDK default."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (never logged or cached)."""
-    local_dtype: str = "float32"
+    local_dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights of a local model: float32, or bfloat16 (faster on CPUs with bf16 instructions; answers may differ)."""
     cache: str = ""
     """SQLite response cache; empty = OUT/cache.sqlite."""
     n_features: int = 64
     """Features to interpret, chosen stratified by firing rate."""
-    features: str = ""
-    """Explicit comma-separated feature indices (overrides n_features)."""
+    features: list[int] = field(default_factory=list)
+    """Explicit feature indices (overrides n_features)."""
     seed: int = 0
     """Seed for feature choice and every per-feature sampler."""
     concurrency: int = 8
@@ -75,12 +76,14 @@ class InterpretConfig(Serializable):
     """Tokens of context shown before the target token (default mode)."""
     right_context: int = 3
     """Tokens of context shown after the target token (default mode)."""
-    thresholds: str = "0.6,0.7,0.8,0.9"
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9])
     """Score thresholds for counting interpretable features (by the lower interval bound in default mode)."""
     comsem_top_k: int = 10
     """ComSem: features each token is assigned to."""
-    comsem_sae_score: str = "zscore"
+    comsem_sae_score: Literal["zscore", "activation"] = "zscore"
     """ComSem score for non-binary coders: zscore or activation."""
+    device: str = "cpu"
+    """Device for the coder and a local judge model: cpu, cuda, cuda:N or auto."""
     progress: bool = True
     """Show progress bars."""
 
@@ -100,18 +103,9 @@ class InterpretConfig(Serializable):
         self.threshold_list()
 
     def threshold_list(self) -> list[float]:
-        try:
-            values = [float(t) for t in self.thresholds.split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(f"thresholds must be comma-separated numbers, not {self.thresholds!r}") from None
-        if not values or not all(0.0 <= v <= 1.0 for v in values):
+        if not self.thresholds or not all(0.0 <= v <= 1.0 for v in self.thresholds):
             raise ValueError("thresholds must lie in [0, 1]")
-        return values
+        return list(self.thresholds)
 
     def feature_list(self) -> list[int] | None:
-        if not self.features.strip():
-            return None
-        try:
-            return [int(f) for f in self.features.split(",") if f.strip()]
-        except ValueError:
-            raise ValueError(f"features must be comma-separated integers, not {self.features!r}") from None
+        return list(self.features) or None

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.store import ActivationStore
+from ..devices import resolve_device
 from ..io import BitlensError, file_fingerprint, write_manifest
 from . import comsem, detection
 from .activations import activations, scan
@@ -62,11 +63,9 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     """Load the coder and store, encode every token, choose features, open the cache and the unit store."""
     from ..coders.registry import find_checkpoint, load
 
-    if not cfg.coder or not cfg.store:
-        raise BitlensError("give --coder CHECKPOINT and --store DIR")
     store = ActivationStore(cfg.store)
-    layer = store.default_layer(None if cfg.layer < 0 else cfg.layer)
-    coder = load(cfg.coder)
+    layer = store.default_layer(cfg.layer)
+    coder = load(cfg.coder).to(resolve_device(cfg.device))
     d_in = getattr(coder, "d_in", None)
     if d_in is not None and int(d_in) != store.dim:
         raise BitlensError(f"coder {cfg.coder} reads vectors of size {d_in}, store {cfg.store} holds size {store.dim}")
@@ -92,7 +91,7 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     if backend is None:
         backend = make_backend(cfg.llm, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                                concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries,
-                               local_dtype=cfg.local_dtype, reasoning=cfg.reasoning)
+                               local_dtype=cfg.local_dtype, reasoning=cfg.reasoning, device=cfg.device)
     out = Path(cfg.out)
     cache = ResponseCache(cfg.cache or out / "cache.sqlite")
     client = LLMClient(backend, cache, max_calls=cfg.max_calls, max_cost=cfg.max_cost,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.plots import _save, plt
+from ..plotting import save_figure, subplots
 
 
 def plot_interpretation(out: Path, cfg, mode, records: list[dict[str, Any]]) -> list[str]:
@@ -15,7 +15,7 @@ def plot_interpretation(out: Path, cfg, mode, records: list[dict[str, Any]]) -> 
     if not scored:
         return []
     name = "balanced accuracy" if cfg.mode == "default" else "ComSem score (fraction yes)"
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     x = [max(r["firing_rate"], 1e-7) for r in scored]
     ax.scatter(x, [mode.headline(r["score"]) for r in scored], s=18, label="explanation")
     ctrl = [r for r in scored if r.get("control")]
@@ -28,10 +28,10 @@ def plot_interpretation(out: Path, cfg, mode, records: list[dict[str, Any]]) -> 
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     ax.set_title(f"{len(scored)} scored features ({cfg.llm})", fontsize=9)
-    _save(fig, out / "score_vs_rate.png")
+    save_figure(fig, out / "score_vs_rate.png")
 
     grid = np.linspace(0, 1, 41)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     ax.plot(grid, [sum(mode.interpretable(r["score"], t) for r in scored) for t in grid], label="explanation")
     if ctrl:
         ax.plot(grid, [sum(mode.interpretable(r["control"], t) for r in ctrl) for t in grid], color="grey",
@@ -39,5 +39,5 @@ def plot_interpretation(out: Path, cfg, mode, records: list[dict[str, Any]]) -> 
     ax.set_xlabel("threshold")
     ax.set_ylabel("interpretable features")
     ax.legend(fontsize=8)
-    _save(fig, out / "interpretable_vs_threshold.png")
+    save_figure(fig, out / "interpretable_vs_threshold.png")
     return ["score_vs_rate.png", "interpretable_vs_threshold.png"]

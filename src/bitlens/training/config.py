@@ -33,7 +33,9 @@ class LossConfig(Serializable):
     entropy_threshold: float = 0.0
     """Entropy floor in bits: below it the entropy term is a gradient-free 0 (official option; 0 = off)."""
     entropy_start: int = -1
-    """Step at which the entropy term switches on (-1 = after a tenth of training: reconstruction first)."""
+    """Step at which the entropy term switches on (-1 = after --warmup-fraction of training: reconstruction first)."""
+    warmup_fraction: float = 0.1
+    """Fraction of training that is reconstruction only, when entropy_start is -1 (the paper preset: a quarter)."""
     entropy_ramp: int = -1
     """Steps of linear ramp once on (0 = hard switch; -1 = a fifth of the training steps)."""
     cov_start: int = -1
@@ -46,11 +48,32 @@ class LossConfig(Serializable):
             raise ValueError(f"unknown preset {self.preset!r}; choose scale_free or paper")
         if self.entropy_weight < 0 or self.cov_weight < 0:
             raise ValueError("loss weights must be >= 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError("warmup_fraction must be in [0, 1)")
 
 
-def paper_loss() -> LossConfig:
-    """The official recipe's objective (entropy_start must still be set to 500 epochs in steps by the caller)."""
-    return LossConfig(preset="paper", entropy_weight=1e-7, cov_weight=1e-7, entropy_ramp=0, cov_ramp=0)
+# A preset is a set of defaults for the fields of BAEConfig, TrainConfig and LossConfig (their names do not clash).
+# The CLI installs them as option defaults before parsing, so options typed by the user always win.
+PRESETS: dict[str, dict[str, object]] = {
+    "scale_free": {},
+    # the official recipe: raw inputs and per-element MSE, weights 1e-7, entropy switched on (hard) after a quarter
+    # of training (500 of the official 2000 epochs), covariance from the start, the official surrogate, Adam 5e-4
+    # at constant LR
+    "paper": {"surrogate": "official", "lr": 5e-4, "lr_decay": 0.0, "entropy_weight": 1e-7, "cov_weight": 1e-7,
+              "warmup_fraction": 0.25, "entropy_ramp": 0, "cov_start": 0, "cov_ramp": 0},
+}
+
+
+def apply_preset(name: str, *configs):
+    """The configs with preset ``name``'s values in place of their fields (for the Python API; fields not in the
+    preset keep their values). Returns the configs in the order given."""
+    import dataclasses
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    values = {**PRESETS[name], "preset": name}
+    return tuple(dataclasses.replace(c, **{k: v for k, v in values.items()
+                                           if k in {f.name for f in dataclasses.fields(c)}}) for c in configs)
 
 
 def llm_loss() -> LossConfig:
@@ -84,14 +107,20 @@ class TrainConfig(Serializable):
     """Fraction of rows (of documents, for a store) held out for validation."""
     eval_every: int = 500
     """Evaluate on the validation rows and log metrics every this many steps."""
-    eval_rows: int = 65536
-    """At most this many validation rows per evaluation."""
+    eval_tokens: int = 65536
+    """At most this many validation rows (tokens) per evaluation."""
     checkpoint_every: int = 2000
     """Write a resumable checkpoint every this many steps (and at the end, and on Ctrl-C)."""
     device: str = "cpu"
-    """cpu, cuda or cuda:N."""
+    """cpu, cuda, cuda:N or auto (cuda when available)."""
     progress: bool = True
     """Show a tqdm progress bar."""
+
+    def settings(self) -> dict:
+        """The fields that define the training, without those that only say where it runs and how it is watched
+        (device, progress, evaluation and checkpoint cadence): what makes two runs the same run."""
+        watch = {"device", "progress", "eval_every", "eval_tokens", "checkpoint_every"}
+        return {k: v for k, v in self.to_dict().items() if k not in watch}
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
-from .fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
+from ..ops.fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
 
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on (measured with bench/train_step.py)."""

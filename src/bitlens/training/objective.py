@@ -33,7 +33,8 @@ def term_weights(cfg: LossConfig, width: int, step: int, total_steps: int) -> tu
     """Effective (entropy, covariance) weights at ``step``: warm-up times, for scale_free, 1/d' and 1/(d'(d'-1))."""
     # defaults: reconstruct alone for the first tenth (the penalties then prune a code that already exists),
     # ramp over the next fifth, and leave the remaining 70% at full weight to remove redundant copies
-    e_start = total_steps // 10 if cfg.entropy_start < 0 else cfg.entropy_start
+    # (floor with a small guard so 0.1 of 2555 steps is 255, as integer division gave before the fraction option)
+    e_start = int(total_steps * cfg.warmup_fraction + 1e-9) if cfg.entropy_start < 0 else cfg.entropy_start
     c_start = e_start if cfg.cov_start < 0 else cfg.cov_start
     e_ramp = max(1, total_steps // 5) if cfg.entropy_ramp < 0 else cfg.entropy_ramp
     c_ramp = max(1, total_steps // 5) if cfg.cov_ramp < 0 else cfg.cov_ramp

@@ -3,32 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..data.sources import RowSource
 from ..io import BitlensError, write_json, write_manifest
-from ..report.plots import plot_training_curves
+from .curves import plot_training_curves
 from .config import LossConfig, TrainConfig
 from .trainer import CHECKPOINT, Trainer, read_metrics
 
 
-def apply_paper_preset(bae: BAEConfig, train: TrainConfig, loss: LossConfig,
-                       keep: set[str] = frozenset()) -> tuple[BAEConfig, TrainConfig, LossConfig]:
-    """The official recipe: raw inputs and per-element MSE, weights 1e-7, entropy on after a quarter of training
-    (500 of the official 2000 epochs) with a hard switch, covariance from the start, ``official`` surrogate,
-    Adam 5e-4 at constant LR. Field names in ``keep`` (set explicitly by the user) are left alone."""
-    def put(obj, **values):
-        return dataclasses.replace(obj, **{k: v for k, v in values.items() if k not in keep})
+RunState = Literal["new", "resume", "finished"]
+SETTINGS_FILE = "run_settings.json"
 
-    total = train.steps
-    return (put(bae, surrogate="official"),
-            put(train, lr=5e-4, lr_decay=0.0),
-            put(loss, preset="paper", entropy_weight=1e-7, cov_weight=1e-7, entropy_start=total // 4,
-                entropy_ramp=0, cov_start=0, cov_ramp=0))
+
+def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "coder") -> RunState:
+    """What to do with the run folder ``run`` for a training described by ``settings`` (JSON-able).
+
+    "finished": it holds this very training, done; "resume": it holds this training, interrupted after a
+    checkpoint; "new": nothing to resume (a log left by a run killed before its first checkpoint is removed, so it is
+    not appended to). A folder made with other settings is refused with one line. The settings are recorded in
+    ``run/run_settings.json`` for the next call.
+    """
+    run = Path(run)
+    settings = json.loads(json.dumps(settings, default=str))
+    saved_file = run / SETTINGS_FILE
+    if saved_file.is_file():
+        try:
+            saved = json.loads(saved_file.read_text())
+        except ValueError:
+            raise BitlensError(f"{saved_file}: not valid JSON; remove the folder {run} to train afresh") from None
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise BitlensError(f"{run} holds a {what} trained with other settings ({', '.join(changed)}): "
+                               "remove it or choose another output folder")
+    state_file = run / CHECKPOINT / "trainer_state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if (run / "final_metrics.json").is_file() and state.get("step", 0) >= state.get("total_steps", 1 << 62):
+            return "finished"
+        return "resume"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint: start the log afresh
+    write_json(saved_file, settings)
+    return "new"
 
 
 def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae: BAEConfig | None = None,
@@ -67,7 +90,7 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
         trainer = Trainer.resume(out_dir, train, val, resume_overrides)
     else:
         if (out_dir / CHECKPOINT).exists():
-            raise BitlensError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or pick a new --out")
+            raise BitlensError(f"{out_dir} already holds a checkpoint: resume it, or train into a new folder")
         if train.dim <= 0:
             raise BitlensError("training data has no columns")
         targets = train.target_rows(65536) if hasattr(train, "target_rows") else None
@@ -99,11 +122,11 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     return trainer.model.eval(), final
 
 
-def encode_all(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def encode_all(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 8192, progress: bool = False) -> torch.Tensor:
     """Codes of rows [n, d] (no gradients): uint8 [n, d'] for binary coders (BAE bits), float32 activations
     [n, width] for the others."""
     device = next(model.parameters()).device
     dtype = torch.uint8 if getattr(model, "binary", False) else torch.float32
     with torch.no_grad():
-        return torch.cat([model.encode(rows[i:i + chunk].to(device)).to(dtype).cpu()
-                          for i in range(0, rows.shape[0], chunk)])
+        starts = tqdm(range(0, rows.shape[0], chunk), desc="encode", unit="chunk", disable=not progress, leave=False)
+        return torch.cat([model.encode(rows[i:i + chunk].to(device)).to(dtype).cpu() for i in starts])

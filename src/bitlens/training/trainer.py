@@ -24,6 +24,7 @@ from ..analysis.statistics import coder_statistics
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..coders.registry import load
 from ..data.sources import RowSource
+from ..devices import resolve_device
 from ..io import BitlensError
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
@@ -95,7 +96,7 @@ class Trainer:
             raise BitlensError(f"{model.architecture} trains with a {self.spec.loss_config.__name__}, "
                                f"not a {type(loss).__name__}")
         self.cfg, self.loss_cfg = cfg, loss
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.model = model.to(self.device)
         self.train_rows, self.val_rows = train, val
         self.out_dir = Path(out_dir)
@@ -120,7 +121,7 @@ class Trainer:
         return folder
 
     #: fields a resumed run may change: where/how it reports, and how long it trains
-    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "eval_every", "eval_rows",
+    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "eval_every", "eval_tokens",
                                      "checkpoint_every"})
 
     @classmethod
@@ -223,12 +224,12 @@ class Trainer:
                 r[name] = r.get(name, 0.0) + float(value.detach())
 
     def evaluate(self) -> dict[str, float]:
-        """Statistics of the current coder on (at most eval_rows of) the validation rows."""
+        """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
         if self.val_rows is None or self.val_rows.n_rows == 0:
             return {}
         if self._val_cache is None:
-            targets = _targets(self.val_rows, self.cfg.eval_rows) if hasattr(self.val_rows, "target_rows") else None
-            self._val_cache = (self.val_rows.rows(self.cfg.eval_rows), targets)
+            targets = _targets(self.val_rows, self.cfg.eval_tokens) if hasattr(self.val_rows, "target_rows") else None
+            self._val_cache = (self.val_rows.rows(self.cfg.eval_tokens), targets)
         was_training = self.model.training
         self.model.eval()
         stats = coder_statistics(self.model, *self._val_cache)

@@ -14,13 +14,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """'openai:gpt-4.1-mini' -> ('openai', 'gpt-4.1-mini'); 'replay:local:embedded' -> ('replay', 'local:embedded')."""
     kind, sep, model = spec.partition(":")
     if kind not in KINDS or not sep or not model:
-        raise BitlensError(f"--llm must be local:MODEL, openai:MODEL or replay:SPEC, not {spec!r}")
+        raise BitlensError(f"the LLM must be local:MODEL, openai:MODEL or replay:SPEC, not {spec!r}")
     return kind, model
 
 
 def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 60.0, retries: int = 5, local_dtype: str = "float32",
-                 reasoning: bool = False) -> Backend:
+                 reasoning: bool = False, device: str = "cpu") -> Backend:
     """Build the backend named by ``spec``; heavy dependencies are imported only for the kind chosen."""
     kind, model = parse_spec(spec)
     if kind == "replay":
@@ -37,4 +37,4 @@ def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_AP
                              timeout=timeout, retries=retries, reasoning=reasoning)
     from .local_transformers import LocalBackend
 
-    return LocalBackend(model, concurrency=max(concurrency, 1), dtype=local_dtype)
+    return LocalBackend(model, concurrency=max(concurrency, 1), dtype=local_dtype, device=device)

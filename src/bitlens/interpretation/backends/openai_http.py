@@ -29,7 +29,7 @@ class OpenAIBackend(Backend):
         key = os.environ.get(api_key_env, "")
         if not key and not base_url:
             raise BackendFatal(f"set the API key in the environment variable {api_key_env} "
-                               "(or give --base_url for a local server)")
+                               "(or name a local server's base URL)")
         self._openai = openai
         # local servers usually accept any key; the SDK refuses an empty one
         self.client = openai.AsyncOpenAI(api_key=key or "not-needed", base_url=base_url or None,

@@ -6,18 +6,18 @@ train a BAE on them, and report reconstruction, entropy and the most frequent fe
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .analysis.entropy import estimate_entropy
-from .analysis.features import firing_rates, frequent_features, show_token
-from .config import Serializable
-from .io import BitlensError, write_json
-from .training.config import LossConfig, TrainConfig
-from .training.run import encode_all, train_bae
+from ..analysis.entropy import estimate_entropy
+from ..analysis.features import firing_rates, frequent_features, show_token
+from ..config import Serializable
+from ..io import BitlensError, write_json
+from ..training.config import LossConfig, TrainConfig
+from ..training.run import encode_all, resume_or_refuse, train_bae
 
 
 @dataclass
@@ -30,10 +30,10 @@ class DemoConfig(Serializable):
     """Causal LM: 'embedded' (SmolLM2-135M-Instruct) or any model `bitlens extract` accepts."""
     corpus: str = "embedded"
     """Corpus: 'embedded' (State of the Union + Moby-Dick) or any corpus `bitlens extract` accepts."""
-    tokens: int = 200_000
+    max_tokens: int = 200_000
     """Tokens to extract."""
-    layer: int = -1
-    """Layer to extract (hidden_states[L]); -1 = the middle layer."""
+    layer: int | None = None
+    """Layer to extract (hidden_states[L]); none = the model's middle layer."""
     steps: int = 3000
     """BAE training steps (batch 512)."""
     seed: int = 0
@@ -47,31 +47,38 @@ class DemoConfig(Serializable):
     synthetic benchmark and leaves most units dead on LLM states (see BENCHMARKS.md)."""
     cov_weight: float = 100.0
     """Covariance weight (scale_free, per pair); library default 1000."""
+    val_fraction: float = 0.1
+    """Fraction of documents held out for validation and the report."""
+    device: str = "cpu"
+    """Device for the LM and the BAE: cpu, cuda, cuda:N or auto."""
+    progress: bool = True
+    """Show progress bars."""
 
 
-def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict[str, Any]:
-    from .data.corpora import load_corpus
-    from .data.extract import extract_to_store
-    from .data.models import load_model
-    from .data.store import ActivationStore
+def run_demo(cfg: DemoConfig, echo=logging.getLogger(__name__).info) -> dict[str, Any]:
+    from ..data.corpora import load_corpus
+    from ..data.extract import extract_to_store
+    from ..data.models import load_model
+    from ..data.store import ActivationStore
 
     out = Path(cfg.out)
     started = time.perf_counter()
-    lm = load_model(cfg.model)
-    layer = lm.n_layers // 2 if cfg.layer < 0 else cfg.layer
+    lm = load_model(cfg.model, device=cfg.device)
+    layer = lm.n_layers // 2 if cfg.layer is None else cfg.layer
     corpus = load_corpus(cfg.corpus)
-    echo(f"[1/3] extracting {cfg.tokens} tokens of layer {layer} from {corpus.name} ({len(corpus)} documents)")
-    store_dir = extract_to_store(lm, corpus, out / "activations", layers=[layer], max_tokens=cfg.tokens,
-                                 order_seed=cfg.seed)
+    echo(f"[1/3] extracting {cfg.max_tokens} tokens of layer {layer} from {corpus.name} ({len(corpus)} documents)")
+    store_dir = extract_to_store(lm, corpus, out / "activations", layers=[layer], max_tokens=cfg.max_tokens,
+                                 order_seed=cfg.seed, progress=cfg.progress)
     del lm  # free the LM before training
     store = ActivationStore(store_dir)
-    train_rows, val_rows = store.split(0.1, cfg.seed, layer)
+    train_rows, val_rows = store.split(cfg.val_fraction, cfg.seed, layer)
     echo(f"[2/3] training a BAE (d={store.dim}, d'={4 * store.dim}) for {cfg.steps} steps on "
          f"{train_rows.n_rows} tokens; validation on {val_rows.n_rows} tokens of held-out documents")
     train_cfg = TrainConfig(steps=cfg.steps, seed=cfg.seed, eval_every=max(1, cfg.steps // 6),
-                            eval_rows=cfg.eval_tokens, checkpoint_every=max(1, cfg.steps // 3))
+                            eval_tokens=cfg.eval_tokens, checkpoint_every=max(1, cfg.steps // 3),
+                            val_fraction=cfg.val_fraction, device=cfg.device, progress=cfg.progress)
     loss_cfg = LossConfig(entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
-    resume = _check_previous_run(out / "bae", train_cfg, loss_cfg)
+    resume = resume_or_refuse(out / "bae", {"train": train_cfg.settings(), "loss": loss_cfg.to_dict()}, "BAE") != "new"
     model, stats = train_bae(train_rows, val_rows, out / "bae", cfg=train_cfg, loss=loss_cfg, resume=resume,
                              inputs={"store": str(store_dir), "store_fingerprint": store.manifest.get("fingerprint"),
                                      "layer": layer})
@@ -94,18 +101,6 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
     write_json(out / "summary.json", summary)
     echo(report(summary))
     return summary
-
-
-def _check_previous_run(run: Path, train_cfg: TrainConfig, loss_cfg: LossConfig) -> bool:
-    """True when ``run`` holds a checkpoint of this very training (resume it); refuse one made otherwise."""
-    state_file = run / "checkpoint" / "trainer_state.json"
-    if not state_file.exists():
-        return False
-    state = json.loads(state_file.read_text())
-    saved = (state["loss_config"], state["train_config"]["steps"], state["train_config"]["seed"])
-    if saved != (loss_cfg.to_dict(), train_cfg.steps, train_cfg.seed):
-        raise BitlensError(f"{run} holds a BAE trained with other settings: remove it or choose another --out")
-    return True
 
 
 def report(s: dict[str, Any]) -> str:

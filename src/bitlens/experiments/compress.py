@@ -18,41 +18,46 @@ import numpy as np
 import torch
 
 from ..config import Serializable
+from ..devices import resolve_device
 from ..io import BitlensError, atomic_path, write_json, write_manifest
-from .compression import index_bits, read_codes, reference_code, write_codes
-from .entropy import bernoulli_entropy_bits
+from ..analysis.compression import index_bits, read_codes, reference_code, write_codes
+from ..analysis.entropy import bernoulli_entropy_bits
 
 
 @dataclass
 class CompressConfig(Serializable):
     """Settings of `bitlens compress`."""
 
-    bae: str = ""
+    coder: str
     """Trained BAE: a run folder (with checkpoint/) or a checkpoint folder."""
-    store: str = ""
+    store: str
     """Activation store holding the layer the BAE was trained on."""
-    layer: int = -1
-    """Layer of the store (-1: the store's only layer)."""
+    layer: int | None = None
+    """Layer of the store (none: the store's only layer)."""
     out: str = "runs/compress"
     """Output folder: codes.packed.blc, codes.sparse.blc, compress.json."""
-    tokens: int = 20000
+    max_tokens: int = 20000
     """At most this many tokens to compress (a seeded sample of the held-out documents)."""
     val_fraction: float = 0.1
     """Held-out document fraction (0.1 with seed 0: the held-out tokens of `bitlens train --store`)."""
     seed: int = 0
     """Seed of the store split and the token sample."""
+    device: str = "cpu"
+    """Device for encoding: cpu, cuda, cuda:N or auto."""
+    progress: bool = True
+    """Show a progress bar."""
 
 
 @dataclass
 class DecompressConfig(Serializable):
     """Settings of `bitlens decompress`."""
 
-    bae: str = ""
+    coder: str
     """The BAE whose codes the file holds (run folder or checkpoint folder)."""
-    input: str = ""
+    input: str
     """Code file written by `bitlens compress` (.blc, packed or sparse)."""
-    out: str = ""
-    """Output .npy file: float32 [n, d] reconstructions (or uint8 [n, d'] codes with --codes_only)."""
+    out: str
+    """Output .npy file: float32 [n, d] reconstructions (or uint8 [n, d'] codes with --codes-only)."""
     codes_only: bool = False
     """Write the binary codes instead of the decoded hidden states."""
 
@@ -60,7 +65,9 @@ class DecompressConfig(Serializable):
 @torch.no_grad()
 def reconstruct(model, codes: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """BAE decoder applied to codes uint8 [n, d'] -> float32 [n, d]; the one decoding path of both commands."""
-    out = [model.decode(torch.from_numpy(codes[i:i + chunk]).float()).numpy() for i in range(0, len(codes), chunk)]
+    device = next(model.parameters()).device
+    out = [model.decode(torch.from_numpy(codes[i:i + chunk]).float().to(device)).cpu().numpy()
+           for i in range(0, len(codes), chunk)]
     return np.concatenate(out) if out else np.zeros((0, model.d_in), np.float32)
 
 
@@ -76,8 +83,6 @@ def _errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
 def _load_bae(path: str):
     from ..coders.registry import load
 
-    if not path:
-        raise BitlensError("--bae is required")
     model = load(path)
     if not getattr(model, "binary", False):
         raise BitlensError(f"{path} is a {model.architecture} coder; compression needs a binary (BAE) code")
@@ -88,19 +93,17 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     from ..data.store import ActivationStore
     from ..training.run import encode_all
 
-    model = _load_bae(cfg.bae)
-    if not cfg.store:
-        raise BitlensError("--store is required")
+    model = _load_bae(cfg.coder).to(resolve_device(cfg.device))
     store = ActivationStore(cfg.store)
-    layer = store.default_layer(None if cfg.layer < 0 else cfg.layer)
+    layer = store.default_layer(cfg.layer)
     if store.dim != model.d_in:
         raise BitlensError(f"store vectors have {store.dim} dimensions, the BAE expects {model.d_in}")
     _, val = store.split(cfg.val_fraction, cfg.seed, layer)
-    x = val.rows(cfg.tokens, seed=cfg.seed)
+    x = val.rows(cfg.max_tokens, seed=cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    codes = encode_all(model, x).numpy()
+    codes = encode_all(model, x, progress=cfg.progress).numpy()
     encode_s = time.perf_counter() - started
     x_np = x.numpy()
     n, width = codes.shape
@@ -125,7 +128,7 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
         {"format": "entropy bound (sum of H_b(p_j))", "bits_per_vector": float(bernoulli_entropy_bits(p).sum()),
          **bae_err},
     ]
-    summary = {"bae": cfg.bae, "store": cfg.store, "layer": layer, "n_vectors": n, "d": d, "d_prime": width,
+    summary = {"coder": cfg.coder, "store": cfg.store, "layer": layer, "n_vectors": n, "d": d, "d_prime": width,
                "store_dtype": store.manifest["dtype"], "mean_flipped_bits": float(flips.mean()),
                "index_bits": index_bits(width), "round_trip_exact": round_trip, "encode_seconds": encode_s,
                "file_bytes": sizes, "rows": rows}
@@ -138,16 +141,14 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
 
 
 def run_decompress(cfg: DecompressConfig) -> Path:
-    model = _load_bae(cfg.bae)
-    if not cfg.input or not cfg.out:
-        raise BitlensError("--input and --out are required")
+    model = _load_bae(cfg.coder)
     codes = read_codes(cfg.input)
     if codes.shape[1] != model.width:
         raise BitlensError(f"{cfg.input} holds {codes.shape[1]}-bit codes, the BAE has {model.width} units")
     result = codes if cfg.codes_only else reconstruct(model, codes)
     out = Path(cfg.out)
     if out.suffix != ".npy":
-        raise BitlensError(f"--out must be a .npy file, not {out}")
+        raise BitlensError(f"the output must be a .npy file, not {out}")
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, result)

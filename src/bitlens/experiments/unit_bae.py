@@ -18,8 +18,8 @@ from ..coders.bae import BAEConfig
 from ..data.sources import RowSource
 from ..io import write_json
 from ..training.config import TrainConfig, llm_loss
-from ..training.run import encode_all, train_bae
-from .entropy import estimate_entropy
+from ..training.run import encode_all, resume_or_refuse, train_bae
+from ..analysis.entropy import estimate_entropy
 
 RESULT = "result.json"
 
@@ -33,6 +33,7 @@ class UnitTraining:
     expansion: int = 4
     seed: int = 0
     keep_optimizer: bool = True  # False: drop Adam's state once the unit is finished (saves 2/3 of the disk)
+    device: str = "cpu"
 
 
 def entropy_fields(codes: torch.Tensor) -> dict[str, Any]:
@@ -66,9 +67,11 @@ def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTrai
     started = time.perf_counter()
     cfg = TrainConfig(steps=how.steps, batch_size=min(how.batch_size, train.n_rows), seed=how.seed,
                       eval_every=max(1, how.steps // 2), checkpoint_every=max(1, how.steps // 2),
-                      eval_rows=16384, progress=False)
-    resume = (folder / "checkpoint" / "trainer_state.json").is_file()
-    model, stats = train_bae(train, val, folder, BAEConfig(expansion=how.expansion), cfg, llm_loss(),
+                      eval_tokens=16384, progress=False, device=how.device)
+    bae, loss = BAEConfig(expansion=how.expansion), llm_loss()
+    resume = resume_or_refuse(folder, {"bae": bae.to_dict(), "train": cfg.settings(), "loss": loss.to_dict()},
+                              "BAE") != "new"
+    model, stats = train_bae(train, val, folder, bae, cfg, loss,
                              resume=resume, inputs=inputs)
     result: dict[str, Any] = {"fvu": stats.get("fvu"), "l0": stats.get("l0"), "cosine": stats.get("cosine"),
                               "mse": stats.get("mse"), "dead": stats.get("dead"),

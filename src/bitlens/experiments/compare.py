@@ -19,7 +19,8 @@ coder's settings: ``{"topk_sae": {"coder": {"k": 64}, "train": {"steps": 5000}, 
 from __future__ import annotations
 
 import json
-import sys
+import logging
+import typing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .config import Serializable
-from .io import BitlensError, write_json, write_manifest, write_text
+from ..config import Serializable
+from ..io import BitlensError, write_json, write_manifest, write_text
 
-CODERS = ("bae", "relu_sae", "topk_sae", "jumprelu_sae", "random", "transcoder")
+CoderName = Literal["bae", "relu_sae", "topk_sae", "jumprelu_sae", "random", "transcoder"]
+CODERS: tuple[str, ...] = typing.get_args(CoderName)
 #: default optimiser steps (batch 512) per coder, chosen so the whole comparison fits in 30 minutes on 2 CPU cores
 DEFAULT_STEPS = {"bae": 3000, "relu_sae": 2500, "topk_sae": 2500, "jumprelu_sae": 2500, "random": 1000,
                  "transcoder": 2500}
@@ -42,15 +44,15 @@ Variant = Literal["mlp", "official"]
 class CompareConfig(Serializable):
     """Settings of `bitlens compare`."""
 
-    store: str = ""
+    store: str
     """Activation store written by `bitlens extract`."""
-    layer: int = -1
-    """Layer L of the store (hidden_states[L]); -1 = the store's only layer."""
+    layer: int | None = None
+    """Layer L of the store (hidden_states[L]); none = the store's only layer."""
     out: str = "runs/cmp"
     """Output folder (compare.json, compare.md, frequencies.png, units.png, coders/, splice.json)."""
     config: str = ""
     """JSON file overriding per-coder settings (keys: coder names, each with coder / train / loss objects; and splice)."""
-    coders: list[str] = field(default_factory=lambda: list(CODERS))
+    coders: list[CoderName] = field(default_factory=lambda: list(CODERS))
     """Which coders to compare (random needs bae)."""
     transcoder_variant: Variant = "mlp"
     """mlp: MLP input -> MLP output of block L (field standard); official: MLP input of block L-1 -> hidden_states[L], identity activation."""
@@ -64,8 +66,10 @@ class CompareConfig(Serializable):
     """Training steps for every coder (0 = the per-coder defaults: bae 3000, SAEs and transcoder 2500, random 1000)."""
     seed: int = 0
     """Seed of the train/validation split (by document) and of every coder."""
+    val_fraction: float = 0.1
+    """Fraction of the store's documents held out for the statistics and splicing."""
     device: str = "cpu"
-    """cpu, cuda or cuda:N for training."""
+    """Device for training and splicing: cpu, cuda, cuda:N or auto."""
     progress: bool = True
     """Show progress bars."""
 
@@ -90,16 +94,16 @@ class CoderPlan:
 
 def coder_plans(cfg: CompareConfig, overrides: dict[str, Any]) -> list[CoderPlan]:
     """Default settings of each coder, with the config file's overrides applied."""
-    from .coders.random_control import RandomConfig
-    from .coders.sae import SAEConfig
-    from .coders.bae import BAEConfig
-    from .training.config import TrainConfig, llm_loss
-    from .training.sae_objective import SparsityConfig
+    from ..coders.random_control import RandomConfig
+    from ..coders.sae import SAEConfig
+    from ..coders.bae import BAEConfig
+    from ..training.config import TrainConfig, llm_loss
+    from ..training.sae_objective import SparsityConfig
 
     plans = []
     for name in cfg.coders:
         steps = cfg.steps or DEFAULT_STEPS[name]
-        train = TrainConfig(steps=steps, seed=cfg.seed, eval_every=max(1, steps // 5), eval_rows=8192,
+        train = TrainConfig(steps=steps, seed=cfg.seed, eval_every=max(1, steps // 5), eval_tokens=8192,
                             checkpoint_every=max(1, steps // 5), device=cfg.device, progress=cfg.progress)
         if name == "bae":
             coder, loss = BAEConfig(), llm_loss()
@@ -146,26 +150,16 @@ def _load_overrides(path: str) -> dict[str, Any]:
 
 def _train_one(plan: CoderPlan, run: Path, train_rows, val_rows, prepare=None, inputs=None):
     """Train, resume or reuse the coder in ``run``; refuse a folder trained with other settings."""
-    from .coders.registry import load
-    from .training.run import train_coder
+    from ..coders.registry import load
+    from ..training.run import resume_or_refuse, train_coder
 
     settings = {"architecture": plan.architecture, "coder": plan.coder.to_dict(),
-                "train": {k: v for k, v in plan.train.to_dict().items() if k not in ("progress", "device")},
+                "train": plan.train.settings(),
                 "loss": plan.loss.to_dict()}
-    settings_file = run / "compare_settings.json"
-    if settings_file.exists():
-        saved = json.loads(settings_file.read_text())
-        if saved != json.loads(json.dumps(settings)):
-            raise BitlensError(f"{run} holds a {plan.name} trained with other settings: remove it or use another --out")
-        if (run / "final_metrics.json").exists():
-            state = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
-            if state["step"] >= state["total_steps"]:
-                return load(run), "reused"
-    resume = (run / "checkpoint" / "trainer_state.json").exists()
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:  # killed before its first checkpoint: start clean rather than append to a stale log
-        (run / "metrics.jsonl").unlink(missing_ok=True)
-    write_json(settings_file, settings)
+    state = resume_or_refuse(run, settings, plan.name)
+    if state == "finished":
+        return load(run), "reused"
+    resume = state == "resume"
     model, _ = train_coder(plan.architecture, train_rows, val_rows, run, plan.coder, plan.train, plan.loss,
                            resume=resume, inputs=inputs, prepare=prepare)
     return model, "resumed" if resume else "trained"
@@ -183,7 +177,7 @@ def _sites_needed(cfg: CompareConfig, layer: int) -> tuple[list[int], list[str],
 def site_store(store, cfg: CompareConfig, layer: int, out: Path, echo):
     """A store holding the transcoder's sites for the same tokens as ``store``: the store itself when it has
     them, else a side store extracted (once, resumably) with the same model, corpus and settings."""
-    from .data.store import ActivationStore
+    from ..data.store import ActivationStore
 
     layers, sites, _, _ = _sites_needed(cfg, layer)
     if all(s in store.sites for s in sites) and all(lay in store.layers for lay in layers):
@@ -196,8 +190,8 @@ def site_store(store, cfg: CompareConfig, layer: int, out: Path, echo):
                 return _check_aligned(store, existing)
         except BitlensError:
             pass  # unfinished: extract_to_store resumes it below
-    from .data.extract import extract_to_store
-    from .data.models import load_model
+    from ..data.extract import extract_to_store
+    from ..data.models import load_model
 
     s = store.manifest["settings"]
     echo(f"the store has no {', '.join(sites)}: extracting them for the same {store.n_tokens} tokens into {side}")
@@ -205,7 +199,7 @@ def site_store(store, cfg: CompareConfig, layer: int, out: Path, echo):
     _check_model(lm, s)
     corpus = _load_store_corpus(s)
     extract_to_store(lm, corpus, side, layers=layers, sites=sites, max_seq_len=s["max_seq_len"], dtype=s["dtype"],
-                     max_tokens=s["max_tokens"], exclude_first=s["exclude_first"], order_seed=s["order_seed"],
+                     max_tokens=s["max_tokens"], include_first=not s["exclude_first"], order_seed=s["order_seed"],
                      shard_rows=store.manifest["shard_rows"], progress=cfg.progress)
     return _check_aligned(store, ActivationStore(side))
 
@@ -223,7 +217,7 @@ def _check_model(lm, settings: dict) -> None:
 
 
 def _load_store_corpus(settings: dict):
-    from .data.corpora import load_corpus
+    from ..data.corpora import load_corpus
 
     corpus = load_corpus(settings["corpus"]["name"])
     if corpus.fingerprint != settings["corpus"]["fingerprint"]:
@@ -235,7 +229,7 @@ def _load_store_corpus(settings: dict):
 
 
 def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None) -> dict[str, Any]:
-    from .analysis.statistics import evaluate_coder
+    from ..analysis.statistics import evaluate_coder
 
     cached = run / "eval.json"
     step = json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"]
@@ -250,21 +244,19 @@ def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None
     return stats
 
 
-def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
-    from .analysis.statistics import firing_frequencies
-    from .data.sources import PairedRows
-    from .data.store import ActivationStore
+def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> dict[str, Any]:
+    from ..analysis.statistics import firing_frequencies
+    from ..data.sources import PairedRows
+    from ..data.store import ActivationStore
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    if not cfg.store:
-        raise BitlensError("--store is required")
     overrides = _load_overrides(cfg.config)
     plans = coder_plans(cfg, overrides)
     store = ActivationStore(cfg.store)
-    layer = store.default_layer(None if cfg.layer < 0 else cfg.layer)
+    layer = store.default_layer(cfg.layer)
     if not isinstance(layer, int):
-        raise BitlensError("--layer must be a residual layer of the store")
+        raise BitlensError(f"compare needs a residual layer of the store (hidden_states[L]), not the site {layer}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, command="compare", config={"compare": cfg.to_dict(), "overrides": overrides,
@@ -272,7 +264,7 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
                                                                        "loss": p.loss.to_dict()} for p in plans}},
                    seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store), "layer": layer,
                                                      "store_settings": store.manifest.get("settings")})
-    train_rows, val_rows = store.split(0.1, cfg.seed, layer)
+    train_rows, val_rows = store.split(cfg.val_fraction, cfg.seed, layer)
     eval_x = val_rows.rows(cfg.eval_tokens, seed=cfg.seed)
     inputs = {"store": str(cfg.store), "layer": layer}
     models: dict[str, torch.nn.Module] = {}
@@ -286,7 +278,7 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
         if plan.name == "transcoder":
             sites = site_store(store, cfg, layer, out, echo)
             _, _, read, target = _sites_needed(cfg, layer)
-            tr_in, va_in = sites.split(0.1, cfg.seed, read)
+            tr_in, va_in = sites.split(cfg.val_fraction, cfg.seed, read)
             tr, va = PairedRows(tr_in, tr_in.at(target)), PairedRows(va_in, va_in.at(target))
             model, how = _train_one(plan, run, tr, va, inputs={**inputs, "site_store": str(sites.path),
                                                                 "read": read, "target": target})
@@ -318,7 +310,7 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
                "coders": rows, "details": {p.name: {"stats": stats[p.name], "splice": splice.get(p.name, {})}
                                            for p in plans},
                "seconds_this_run": {**timings, "total": time.perf_counter() - started}}
-    from .report.plots import plot_frequency_histograms, plot_unit_counts
+    from .plots import plot_frequency_histograms, plot_unit_counts
 
     plot_frequency_histograms(freqs, out / "frequencies.png")
     plot_unit_counts(rows, out / "units.png")
@@ -329,8 +321,8 @@ def run_compare(cfg: CompareConfig, echo=lambda line: print(line, file=sys.stder
 
 
 def _splice_all(cfg, extra: dict, store, sites, layer: int, models: dict, train_rows, val_rows, out: Path, echo):
-    from .analysis.splice import SpliceConfig, Variant, ablations, held_out_sequences, splice_evaluate, summarize
-    from .data.models import load_model
+    from ..analysis.splice import SpliceConfig, Variant, ablations, held_out_sequences, splice_evaluate, summarize
+    from ..data.models import load_model
 
     try:
         scfg = SpliceConfig.from_dict({"tokens": cfg.splice_tokens, "positions": cfg.splice_positions, **extra})

@@ -27,7 +27,7 @@ from .unit_bae import UnitTraining, fit_unit
 class LayersConfig(Serializable):
     """Settings of `bitlens entropy layers`."""
 
-    store: str = ""
+    store: str
     """Activation store holding the layers (from `bitlens extract --layers ...`)."""
     out: str = "runs/layers"
     """Output folder: layers.json, layers.png and one BAE run per layer (finished layers are not redone)."""
@@ -45,6 +45,8 @@ class LayersConfig(Serializable):
     """At most this many held-out tokens for the entropy estimate (the same tokens for every layer)."""
     seed: int = 0
     """Seed of the document split, the initialisation and the batch order."""
+    device: str = "cpu"
+    """Device for the BAEs: cpu, cuda, cuda:N or auto."""
     progress: bool = True
     """Show a progress bar over layers."""
 
@@ -57,10 +59,8 @@ class LayersConfig(Serializable):
 
 def run_layers(cfg: LayersConfig) -> dict[str, Any]:
     from ..data.store import ActivationStore
-    from ..report.analysis_plots import plot_layers
+    from .plots import plot_layers
 
-    if not cfg.store:
-        raise BitlensError("--store is required")
     store = ActivationStore(cfg.store)
     layers = cfg.layers or [layer for layer in store.layers if layer != 0] or store.layers
     missing = [layer for layer in layers if layer not in store.layers]
@@ -71,11 +71,13 @@ def run_layers(cfg: LayersConfig) -> dict[str, Any]:
     write_manifest(out, command="entropy layers", config={**cfg.to_dict(), "loss": llm_loss().to_dict()},
                    seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store),
                                                      "store_settings": store.manifest.get("settings")})
-    how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed)
+    how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
+                       device=cfg.device)
     rows_out = []
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not cfg.progress):
         train, val = store.split(cfg.val_fraction, cfg.seed, layer)
-        result = fit_unit(out / f"layer_{layer:02d}", train, val, how, {"": val.rows(cfg.eval_tokens, seed=cfg.seed)},
+        result = fit_unit(out / f"layer_{layer:02d}", train, val, how, {"": val.rows(cfg.eval_tokens, seed=cfg.seed,
+                       device=cfg.device)},
                           inputs={"store": str(cfg.store), "layer": layer})
         rows_out.append({"layer": layer, **result})
     summary = {"store": str(cfg.store), "n_layers_model": store.manifest["settings"].get("model", {}).get("n_layers"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,37 +11,38 @@ from ..coders.bae import BAEConfig
 from ..config import Serializable
 from ..data.sources import split_rows
 from ..data.synthetic import known_entropy_data
-from ..io import BitlensError, write_json, write_manifest
-from ..report.plots import plot_synth
+from ..io import write_json, write_manifest
+from .plots import plot_synth
 from ..training.config import LossConfig, TrainConfig
 from ..training.run import encode_all, train_bae
-from .entropy import estimate_entropy
+from ..analysis.entropy import estimate_entropy
 
 
 @dataclass
 class SynthConfig(Serializable):
     """The synthetic data."""
 
-    bits: str = "2,4,6,8,10,12"
-    """Comma-separated true entropies r to test (one BAE each)."""
+    bits: list[int] = field(default_factory=lambda: [2, 4, 6, 8, 10, 12])
+    """True entropies r to test (one BAE each)."""
     dim: int = 64
     """Dimension d of the synthetic states."""
-    n: int = 16384
+    rows: int = 16384
     """Rows per data set (keep >= 4 * 2^r so every code word is seen)."""
     noise: float = 0.0
     """Std of Gaussian noise added to each coordinate (0 = exact known entropy)."""
+
+    def __post_init__(self) -> None:
+        if not self.bits or min(self.bits) < 1:
+            raise ValueError("bits needs at least one value, all >= 1")
+        if self.rows < 4 or self.dim < 1:
+            raise ValueError("rows must be >= 4 and dim >= 1")
+
     def bit_list(self) -> list[int]:
-        try:
-            values = [int(b) for b in self.bits.split(",") if b.strip()]
-        except ValueError:
-            raise BitlensError(f"--bits must be comma-separated integers, got {self.bits!r}") from None
-        if not values or min(values) < 1:
-            raise BitlensError("--bits needs at least one value, all >= 1")
-        return values
+        return list(self.bits)
 
 
 def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None, train: TrainConfig | None = None,
-              loss: LossConfig | None = None, echo=lambda line: print(line, flush=True)) -> dict[str, Any]:
+              loss: LossConfig | None = None, echo=logging.getLogger(__name__).info) -> dict[str, Any]:
     """Train a BAE per r; write ``synth.json``, ``synth.png`` and one run folder per r under ``out``."""
     out = Path(out)
     bae, train, loss = bae or BAEConfig(), train or TrainConfig(), loss or LossConfig()
@@ -51,7 +53,7 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
     results = []
     echo(f"{'true bits':>9} {'estimated':>9} {'corrected':>9} {'joint':>7} {'FVU':>7} {'L0':>7} {'active':>6}")
     for r in synth.bit_list():
-        x, _ = known_entropy_data(synth.n, synth.dim, r, seed=seed + r, noise=synth.noise)
+        x, _ = known_entropy_data(synth.rows, synth.dim, r, seed=seed + r, noise=synth.noise)
         tr, va = split_rows(x, train.val_fraction, seed)
         model, stats = train_bae(tr, va, out / f"r{r}", bae, train, loss, inputs={"synthetic_bits": r})
         est = estimate_entropy(encode_all(model, va.rows()))

@@ -2,7 +2,7 @@
 
 Rows come from a store whose ``position`` column is the index of the token in its model input (every input starts at
 a sentence start; position 0, the attention sink, is not stored by default). The extractor packs whole sentences up
-to ``--max_seq_len`` tokens, so inputs end a little short of it: extract with a max_seq_len well above the largest
+to ``--max-seq-len`` tokens, so inputs end a little short of it: extract with a max_seq_len well above the largest
 position wanted (e.g. 129 for positions up to 96). For each layer and each requested position t, the states at t
 over many inputs are a set; its entropy is measured in one of two ways:
 
@@ -18,10 +18,10 @@ plateau come from ``bitlens.analysis.saturation.detect_saturation`` on the entro
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,25 +30,29 @@ from tqdm.auto import tqdm
 from ..config import Serializable
 from ..io import BitlensError, write_json, write_manifest
 from ..training.config import llm_loss
-from .saturation import detect_saturation
+from ..analysis.saturation import detect_saturation
 from .unit_bae import UnitTraining, fit_unit
 
-DEFAULT_POSITIONS = "1,2,3,4,6,8,12,16,24,32,48,64,96"
+log = logging.getLogger(__name__)
+
+DEFAULT_POSITIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96]
 
 
 @dataclass
 class PositionsConfig(Serializable):
     """Settings of `bitlens entropy positions`."""
 
-    store: str = ""
-    """Activation store whose inputs outrun the largest position (e.g. `bitlens extract --max_seq_len 129 ...`)."""
+    store: str
+    """Activation store whose inputs outrun the largest position (e.g. `bitlens extract --max-seq-len 129 ...`)."""
     out: str = "runs/positions"
     """Output folder: positions.json, positions.png and the BAE runs (finished units are not redone)."""
     layers: list[int] = field(default_factory=list)
     """Layers to analyse (default: every layer of the store)."""
-    positions: str = DEFAULT_POSITIONS
-    """Comma-separated token positions, or 'all' for every stored position with enough rows."""
-    mode: str = "per_position"
+    positions: list[int] = field(default_factory=lambda: list(DEFAULT_POSITIONS))
+    """Token positions to analyse."""
+    all_positions: bool = False
+    """Analyse every stored position with enough tokens instead of the listed positions."""
+    mode: Literal["per_position", "shared"] = "per_position"
     """per_position (one BAE per layer and position, the paper's protocol) or shared (one BAE per layer)."""
     steps: int = 100
     """Training steps of each per-position BAE."""
@@ -56,10 +60,10 @@ class PositionsConfig(Serializable):
     """Training steps of each shared (per-layer) BAE."""
     batch_size: int = 512
     """Rows per training step."""
-    max_rows: int = 4096
-    """At most this many rows per position (every position gets the same number)."""
-    min_rows: int = 256
-    """Positions with fewer stored rows than this are skipped."""
+    max_tokens_per_position: int = 4096
+    """At most this many tokens per position (every position gets the same number)."""
+    min_tokens_per_position: int = 256
+    """Positions with fewer stored tokens than this are skipped."""
     expansion: int = 4
     """Code size d' = expansion * d."""
     rel_tol: float = 0.1
@@ -68,43 +72,42 @@ class PositionsConfig(Serializable):
     """Saturation band: at least this many bits around the plateau."""
     seed: int = 0
     """Seed of the row sampling, splits and training."""
+    device: str = "cpu"
+    """Device for the BAEs: cpu, cuda, cuda:N or auto."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("per_position", "shared"):
             raise ValueError(f"mode must be per_position or shared, not {self.mode!r}")
-        if self.steps < 1 or self.shared_steps < 1 or self.min_rows < 4 or self.max_rows < self.min_rows:
-            raise ValueError("steps must be >= 1, min_rows >= 4 and max_rows >= min_rows")
+        if (self.steps < 1 or self.shared_steps < 1 or self.min_tokens_per_position < 4
+                or self.max_tokens_per_position < self.min_tokens_per_position):
+            raise ValueError("steps must be >= 1, min_tokens_per_position >= 4 and max_tokens_per_position >= "
+                             "min_tokens_per_position")
+        if not self.all_positions and (not self.positions or min(self.positions) < 0):
+            raise ValueError("positions needs at least one position, all >= 0")
 
     def position_list(self, available: np.ndarray) -> list[int]:
-        if self.positions.strip() == "all":
+        if self.all_positions:
             return [int(p) for p in available]
-        try:
-            wanted = sorted({int(p) for p in self.positions.split(",") if p.strip()})
-        except ValueError:
-            raise BitlensError(f"--positions must be comma-separated integers or 'all', not {self.positions!r}"
-                               ) from None
-        if not wanted:
-            raise BitlensError("no positions requested")
-        return wanted
+        return sorted(set(self.positions))
 
 
 def _sample_positions(store, cfg: PositionsConfig) -> tuple[dict[int, np.ndarray], int]:
     """Store row indices per position (same count for each) and that count."""
     pos_col = store.meta[:, 3]
     counts = np.bincount(pos_col)
-    available = np.flatnonzero(counts >= cfg.min_rows)
+    available = np.flatnonzero(counts >= cfg.min_tokens_per_position)
     wanted = cfg.position_list(available)
-    kept = [p for p in wanted if p < len(counts) and counts[p] >= cfg.min_rows]
+    kept = [p for p in wanted if p < len(counts) and counts[p] >= cfg.min_tokens_per_position]
     dropped = sorted(set(wanted) - set(kept))
     if dropped:
-        print(f"bitlens: note: positions {dropped} have fewer than {cfg.min_rows} rows in the store; skipped",
-              file=sys.stderr)
+        log.warning("positions %s have fewer than %d tokens in the store; skipped", dropped,
+                    cfg.min_tokens_per_position)
     if len(kept) < 2:
-        raise BitlensError(f"store {store.path} has fewer than two of the requested positions with >= {cfg.min_rows} "
-                           "rows: extract more tokens, or with a fixed --max_seq_len")
-    n = int(min(cfg.max_rows, min(counts[p] for p in kept)))
+        raise BitlensError(f"store {store.path} has fewer than two of the requested positions with >= {cfg.min_tokens_per_position} "
+                           "tokens: extract more tokens, or with a longer fixed input length")
+    n = int(min(cfg.max_tokens_per_position, min(counts[p] for p in kept)))
     rng = np.random.default_rng(cfg.seed)
     return {p: np.sort(rng.choice(np.flatnonzero(pos_col == p), size=n, replace=False)) for p in kept}, n
 
@@ -120,10 +123,8 @@ def _rows(store, layer: int, index: np.ndarray) -> torch.Tensor:
 def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
     from ..data.sources import split_rows
     from ..data.store import ActivationStore
-    from ..report.analysis_plots import plot_positions
+    from .plots import plot_positions
 
-    if not cfg.store:
-        raise BitlensError("--store is required")
     store = ActivationStore(cfg.store)
     layers = cfg.layers or store.layers
     missing = [layer for layer in layers if layer not in store.layers]
@@ -147,7 +148,7 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
         index = {p: by_position[p][typical[by_position[p]]] for p in positions}
         if cfg.mode == "per_position":
             how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
-                               keep_optimizer=False)
+                               keep_optimizer=False, device=cfg.device)
             for p in positions:
                 rows = _rows(store, layer, index[p])
                 train, val = split_rows(rows, 0.1, cfg.seed)
@@ -157,7 +158,7 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
                 bar.update(1)
         else:
             how = UnitTraining(steps=cfg.shared_steps, batch_size=cfg.batch_size, expansion=cfg.expansion,
-                               seed=cfg.seed)
+                               seed=cfg.seed, device=cfg.device)
             train, val = store.split(0.1, cfg.seed, layer)
             sets = {f"pos_{p}": _rows(store, layer, index[p]) for p in positions}
             result = fit_unit(out / f"layer_{layer:02d}" / "shared", train, val, how, sets,

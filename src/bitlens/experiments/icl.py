@@ -18,6 +18,7 @@ Resume: the states and logits of each (task, k) are saved as .npy files once com
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Serializable
+from ..data.icl_tasks import TaskName
 from ..io import BitlensError, atomic_path, write_json, write_manifest
 from ..training.config import llm_loss
 from .unit_bae import UnitTraining, fit_unit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +44,10 @@ class ICLConfig(Serializable):
     """Output folder: icl.json, icl.png, prompts and states per task and k, one BAE per task and layer."""
     model: str = "embedded"
     """Causal LM: 'embedded' (SmolLM2-135M-Instruct), a local folder or a Hugging Face hub id."""
-    tasks: str = "spam,party"
-    """Comma-separated tasks: spam (SpamAssassin), party (State of the Union, Democratic/Republican), source."""
-    ks: str = "0,1,2,4,8"
-    """Comma-separated numbers of demonstrations."""
+    tasks: list[TaskName] = field(default_factory=lambda: ["spam", "party"])
+    """Tasks: spam (SpamAssassin), party (State of the Union, Democratic/Republican), source (SOTU vs Moby-Dick)."""
+    ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
+    """Numbers of demonstrations."""
     n_queries: int = 128
     """Queries per task (balanced across labels); every k uses the same queries."""
     layers: list[int] = field(default_factory=list)
@@ -61,7 +65,7 @@ class ICLConfig(Serializable):
     seed: int = 0
     """Seed of the query split, the demonstration sampling and the BAEs."""
     device: str = "cpu"
-    """cpu, cuda, cuda:N or auto."""
+    """Device for the LM and the BAEs: cpu, cuda, cuda:N or auto."""
     progress: bool = True
     """Show progress bars."""
 
@@ -70,18 +74,15 @@ class ICLConfig(Serializable):
             raise ValueError("n_queries must be >= 4, steps and forward_batch >= 1, max_chars >= 20")
 
     def k_list(self) -> list[int]:
-        try:
-            ks = sorted({int(k) for k in self.ks.split(",") if k.strip()})
-        except ValueError:
-            raise BitlensError(f"--ks must be comma-separated integers, not {self.ks!r}") from None
+        ks = sorted(set(self.ks))
         if not ks or ks[0] < 0:
-            raise BitlensError("--ks needs at least one k >= 0")
+            raise BitlensError("the ICL analysis needs at least one number of demonstrations, all >= 0")
         return ks
 
     def task_list(self) -> list[str]:
         from ..data.icl_tasks import TASK_NAMES
 
-        names = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        names = list(dict.fromkeys(self.tasks))
         bad = [t for t in names if t not in TASK_NAMES]
         if bad or not names:
             raise BitlensError(f"unknown ICL task {bad[0] if bad else '(none)'}; choose from {', '.join(TASK_NAMES)}")
@@ -131,7 +132,7 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
     from ..data.icl_tasks import load_task, make_prompts, split_task
     from ..data.models import load_model
     from ..data.sources import split_rows
-    from ..report.analysis_plots import plot_icl
+    from .plots import plot_icl
 
     ks, task_names = cfg.k_list(), cfg.task_list()
     out = Path(cfg.out)
@@ -159,7 +160,7 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
                                seeds={"seed": cfg.seed}, inputs={"model": lm.describe()})
             prompts = make_prompts(task, queries, pool, k, cfg.seed, cfg.fixed_demonstrations)
             label_ids = label_token_ids(lm.tokenizer, task.labels)
-            print(f"{name}: k={k}, {len(prompts)} prompts", flush=True)
+            log.info("%s: k=%d, %d prompts", name, k, len(prompts))
             states, logits, last_tokens = last_token_states(lm, [p.text for p in prompts], layers, label_ids,
                                                             cfg.forward_batch, cfg.progress)
             write_json(folder / f"prompts_k{k}.json", {
@@ -172,11 +173,11 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
             per_k[k] = (states, logits)
         layers = json.loads((folder / f"prompts_k{ks[0]}.json").read_text())["layers"]
         if any(per_k[k][0].shape[1] != len(layers) for k in ks):
-            raise BitlensError(f"{folder}: saved states have other layers than {layers}; use a new --out")
+            raise BitlensError(f"{folder}: saved states have other layers than {layers}; use a new output folder")
         truth = np.array([task.labels.index(q.label) for q in queries])
         accuracy = [{"k": k, "accuracy": float((per_k[k][1].argmax(1) == truth).mean())} for k in ks]
         acc_by_k = {a["k"]: a["accuracy"] for a in accuracy}
-        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed)
+        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device)
         layer_rows = []
         for li, layer in enumerate(tqdm(layers, desc=f"{name}: BAEs", unit="layer", disable=not cfg.progress)):
             pooled = torch.from_numpy(np.concatenate([per_k[k][0][:, li] for k in ks]))

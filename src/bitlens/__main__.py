@@ -1,0 +1,5 @@
+"""``python -m bitlens ...`` is the ``bitlens`` command (also under ``torchrun -m bitlens``)."""
+
+from .cli.main import main
+
+raise SystemExit(main())
