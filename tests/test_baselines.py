@@ -182,7 +182,7 @@ def test_firing_frequencies_match_the_evaluation():
 
 @pytest.mark.parametrize("arch", ["jumprelu_sae", "transcoder"])
 def test_resume_equals_uninterrupted(tmp_path, synth8, arch):
-    from bitlens.training.objectives import init_coder
+    from bitlens.training.trainer import init_coder
     from bitlens.training.trainer import Trainer, read_metrics
 
     x, _ = synth8

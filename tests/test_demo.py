@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from bitlens.analysis.features import frequent_features, show_token, top_tokens
+from bitlens.analysis.features import frequent_features, top_tokens
+from bitlens.data.text import show_token
 from bitlens.cli.main import main
 from data_fixtures import tiny_model_dir, write_corpus
 
@@ -36,7 +37,7 @@ def test_feature_summaries():
     feats = frequent_features(codes, text, n=5)
     assert [f["feature"] for f in feats] == [0, 1]  # unit 2 is constant-on, left out
     assert feats[0]["firing_rate"] == 0.75
-    assert show_token(" the\n") == "␣the⏎"
+    assert show_token(" the\n") == "␣the↵"
 
 
 def test_demo_refuses_a_run_trained_otherwise(tmp_path, capsys):

@@ -4,8 +4,8 @@ Pipeline: data (models, corpora, activation store) -> coders -> ops -> analysis 
 interpretation, report; the CLI is a thin layer on top. The short API:
 
     import bitlens
-    store = bitlens.extract("embedded", ["Call me Ishmael.", "The whale surfaced."], layers=[3])
-    bae = bitlens.train(store, steps=200)
+    store = bitlens.extract("embedded", "moby-dick", layers=[3], max_tokens=12000)
+    bae = bitlens.train(store, steps=200, batch_size=256)
     codes = bitlens.encode_all(bae, store.view(3).rows())
     print(bitlens.estimate_entropy(codes).marginal_bits)
 

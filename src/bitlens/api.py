@@ -1,9 +1,10 @@
 """The short Python API, for notebooks and scripts: extract, train, load, estimate entropy, splice.
 
     import bitlens
-    acts = bitlens.extract("embedded", ["The whale surfaced.", "Call me Ishmael."], layers=[3])
-    bae = bitlens.train(acts.rows(), steps=200)
-    print(bitlens.estimate_entropy(bitlens.encode_all(bae, acts.rows())))
+    store = bitlens.extract("embedded", "moby-dick", layers=[3], max_tokens=12000)  # or a list of strings
+    bae = bitlens.train(store, steps=200, batch_size=256)
+    codes = bitlens.encode_all(bae, store.view(3).rows())
+    print(bitlens.estimate_entropy(codes).marginal_bits, "bits")
 
 Everything here is a thin wrapper over the modules the CLI uses; nothing prints (progress goes through ``logging``
 and tqdm bars) and errors are ``BitlensError`` with one line of text.

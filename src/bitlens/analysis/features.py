@@ -33,8 +33,3 @@ def frequent_features(codes: torch.Tensor, token_text: Sequence[str], n: int = 2
     chosen = candidates[np.argsort(-f[candidates], kind="stable")[:n]]
     return [{"feature": int(j), "firing_rate": float(f[j]), "top_tokens": top_tokens(codes, token_text, int(j), k)}
             for j in chosen]
-
-
-def show_token(text: str) -> str:
-    """Make leading spaces and newlines visible: ' the' -> '␣the', '\\n' -> '⏎'."""
-    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")

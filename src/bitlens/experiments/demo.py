@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.entropy import estimate_entropy
-from ..analysis.features import firing_rates, frequent_features, show_token
+from ..analysis.features import firing_rates, frequent_features
+from ..data.text import show_token
 from ..config import Serializable
-from ..io import BitlensError, write_json
+from ..io import write_json
 from ..training.config import LossConfig, TrainConfig
 from ..training.run import encode_all, resume_or_refuse, train_bae
 

@@ -1,33 +1,12 @@
-"""Token display for prompts and reports: visible whitespace, the target token marked, corpus text delimited.
-
-Store token texts are already decoded (no byte-level glyphs such as "Ġ"); a token holding only part of a UTF-8
-character decodes to U+FFFD and is shown as ⟨?⟩. Markers cannot be forged by corpus text: the bracket
-characters used for marking and delimiting are replaced wherever they occur in the text itself.
-"""
+"""Contexts for prompts and reports: the target token marked, whole words found, corpus text delimited.
+Single tokens are shown by ``bitlens.data.text`` (one ``show_token`` for the whole package)."""
 
 from __future__ import annotations
 
-MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
-DATA_OPEN, DATA_CLOSE = "⟪DATA⟫", "⟪/DATA⟫"
-_RESERVED = {MARK_OPEN: "[", MARK_CLOSE: "]", "⟪": "<", "⟫": ">"}
+from ..data.text import DATA_CLOSE, DATA_OPEN, MARK_CLOSE, MARK_OPEN, clean, show_token
 
-
-def clean(text: str) -> str:
-    """Corpus text made safe to embed: reserved marker characters replaced, newlines and tabs visible,
-    partial UTF-8 shown as ⟨?⟩."""
-    for char, repl in _RESERVED.items():
-        text = text.replace(char, repl)
-    return text.replace("\ufffd", "⟨?⟩").replace("\r", "").replace("\n", "↵").replace("\t", "⇥")
-
-
-def show_token(text: str) -> str:
-    """One token with leading/trailing spaces visible: ' whale' -> '␣whale', '\\n' -> '↵'."""
-    body = clean(text)
-    stripped = body.lstrip(" ")
-    lead = len(body) - len(stripped)
-    trail = len(stripped) - len(stripped.rstrip(" "))
-    core = stripped.rstrip(" ") if trail else stripped
-    return "␣" * lead + core + "␣" * trail if (lead or trail or not core) else core
+__all__ = ["DATA_CLOSE", "DATA_OPEN", "MARK_CLOSE", "MARK_OPEN", "clean", "show_token", "mark_context",
+           "enclosing_word", "data_block"]
 
 
 def mark_context(before: list[str], target: str, after: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from .prompts import COMSEM_EXPLAIN, COMSEM_JUDGE, EXPLAIN, JUDGE, parse_explana
 from .results import write_results
 from .sampling import RUN_LEVEL, choose_features, rng_for
 from .units import UnitStore
+
+log = logging.getLogger(__name__)
 
 _PLACEHOLDER = "a short phrase of about ten words describing what the feature detects"
 
@@ -59,7 +62,7 @@ def _fingerprint(cfg: InterpretConfig, coder_id: str, store: ActivationStore, id
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable[[str], None] = print) -> Job:
+def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable[[str], None] = log.info) -> Job:
     """Load the coder and store, encode every token, choose features, open the cache and the unit store."""
     from ..coders.registry import find_checkpoint, load
 
@@ -170,7 +173,7 @@ async def _run_all(job: Job, mode, state: dict) -> None:
         await job.client.backend.aclose()
 
 
-def dry_run(job: Job, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def dry_run(job: Job, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Calls and prompt tokens the run would need, counting only requests not in the cache. Judge prompts use
     the cached explanation when there is one, else a placeholder of typical length."""
     mode = _mode(job.cfg)
@@ -217,7 +220,7 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
-                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+                  echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run (or resume) an interpretation into ``cfg.out``; returns the summary (or the dry-run report)."""
     started = time.perf_counter()
     job = prepare(cfg, backend, echo)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 
-from ..coders.registry import REGISTRY, build
+from ..coders.registry import REGISTRY
 from ..io import BitlensError
 from .config import LossConfig
 from .objective import bae_objective
@@ -52,23 +51,3 @@ def default_coder_config(architecture: str) -> Any:
     if architecture not in REGISTRY:
         raise BitlensError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[architecture][1]()
-
-
-def init_coder(architecture: str, cfg: Any, sample: torch.Tensor, loss: Any, seed: int,
-               target_sample: torch.Tensor | None = None) -> torch.nn.Module:
-    """A fresh coder for rows like ``sample`` [n, d] (and targets like ``target_sample``): seeded init, input
-    (and output) scale fitted, decoder bias at the normalised target mean. ``cfg.d_in`` (and ``d_out``) must be set.
-    The random control's thresholds still need ``match_rates``."""
-    if architecture == "bae":
-        from .trainer import init_bae
-
-        return init_bae(cfg, sample, loss, seed)
-    torch.manual_seed(seed)
-    model = build(architecture, cfg)
-    if hasattr(model, "fit_scales"):
-        model.fit_scales(sample, target_sample)
-    with torch.no_grad():
-        target = target_sample if target_sample is not None else sample
-        scale = getattr(model, "output_scale", model.input_scale)
-        model.decoder.bias.copy_((target / scale).mean(0))
-    return model

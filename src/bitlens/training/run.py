@@ -79,7 +79,8 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     ``train``/``val`` may be paired sources (``PairedRows``: transcoder inputs and targets). ``prepare`` is called
     on a fresh model before training (e.g. the random control's ``match_rates``).
     """
-    from .objectives import default_coder_config, init_coder, objective_for
+    from .objectives import default_coder_config, objective_for
+    from .trainer import init_coder
 
     out_dir = Path(out_dir)
     spec = objective_for(architecture)

@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 
 from ..analysis.statistics import coder_statistics
 from ..coders.bae import BAEConfig, BinaryAutoencoder
-from ..coders.registry import load
+from ..coders.registry import build, load
 from ..data.sources import RowSource
 from ..devices import resolve_device
 from ..io import BitlensError
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
+from .objectives import objective_for
 from .schedules import cosine_tail
 
 CHECKPOINT = "checkpoint"
@@ -43,6 +44,24 @@ def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) 
         model.fit_input_scale(sample)
         with torch.no_grad():
             model.decoder.bias.copy_((sample / model.input_scale).mean(0))
+    return model
+
+
+def init_coder(architecture: str, cfg: Any, sample: torch.Tensor, loss: Any, seed: int,
+               target_sample: torch.Tensor | None = None) -> torch.nn.Module:
+    """A fresh coder for rows like ``sample`` [n, d] (and targets like ``target_sample``): seeded init, input
+    (and output) scale fitted, decoder bias at the normalised target mean. ``cfg.d_in`` (and ``d_out``) must be set.
+    The random control's thresholds still need ``match_rates``."""
+    if architecture == "bae":
+        return init_bae(cfg, sample, loss, seed)
+    torch.manual_seed(seed)
+    model = build(architecture, cfg)
+    if hasattr(model, "fit_scales"):
+        model.fit_scales(sample, target_sample)
+    with torch.no_grad():
+        target = target_sample if target_sample is not None else sample
+        scale = getattr(model, "output_scale", model.input_scale)
+        model.decoder.bias.copy_((target / scale).mean(0))
     return model
 
 
@@ -89,8 +108,6 @@ class Trainer:
                  cfg: TrainConfig, loss: Any, out_dir: str | Path, variance: float | None = None):
         if train.dim != model.d_in:
             raise BitlensError(f"data has dimension {train.dim} but the coder expects {model.d_in}")
-        from .objectives import objective_for
-
         self.spec = objective_for(model.architecture)
         if not isinstance(loss, self.spec.loss_config):
             raise BitlensError(f"{model.architecture} trains with a {self.spec.loss_config.__name__}, "
@@ -142,8 +159,6 @@ class Trainer:
         if refused:
             raise BitlensError(f"cannot change {', '.join(refused)} when resuming (it would not be the same run)")
         saved_cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
-        from .objectives import objective_for
-
         loss_cls = objective_for(model.architecture).loss_config
         trainer = cls(model, train, val, saved_cfg, loss_cls.from_dict(state["loss_config"]), out_dir,
                       variance=state["variance"])

@@ -155,3 +155,35 @@ def test_no_import_runs_up_the_layout():
 def test_import_bitlens_leaves_matplotlib_alone():
     code = "import bitlens, sys; assert 'matplotlib.pyplot' not in sys.modules and 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_module_import_cycle():
+    """No two modules import each other, directly or through others (lazy imports inside functions included)."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        mod = ".".join(parts[:-1] if is_pkg else parts)
+        pkg = parts[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg[:len(pkg) - (node.level - 1)]
+                deps.add(".".join(base + ([node.module] if node.module else [])))
+        graph[mod] = deps
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in graph.get(node, ()):
+            if dep not in graph:
+                continue
+            path = stack + [node]
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(path[path.index(dep):] + [dep])
+            if dep not in state:
+                visit(dep, stack + [node])
+        state[node] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])
