@@ -22,7 +22,7 @@ KEY = "sk-test-secret-123"
 class ChatServer:
     """Answers POST /v1/chat/completions from a script of behaviours (one per request, then 'ok')."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.script: list[str] = []
         self.requests: list[dict] = []
         self.auth: list[str] = []
@@ -43,6 +43,9 @@ class ChatServer:
                     return self._send(500, {"error": {"message": "boom"}})
                 if action == "401":
                     return self._send(401, {"error": {"message": "bad key"}})
+                if action == "401-echo":  # some proxies echo the request headers back
+                    return self._send(401, {"error": {"message": "invalid key in header Authorization: "
+                                                                 + self.headers.get("Authorization", "")}})
                 if action == "malformed":
                     return self._raw(200, b'{"id": "x", "choices": [')
                 if action == "slow":
@@ -68,7 +71,7 @@ class ChatServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
