@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -44,9 +45,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (indent 2, trailing newline)."""
+    """Write JSON atomically (indent 2, trailing newline). Non-finite numbers become null (bare NaN is not JSON)
+    and secrets are masked (``bitlens.redact``)."""
+    from .redact import redact
+
+    text = redact(json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False))
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python, numpy or 0-d tensor) replaced by None, for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy/torch scalars and arrays
+        return json_safe(obj.tolist())
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> None:
