@@ -248,7 +248,8 @@ def test_4_damaged_run_files_give_one_line(tmp_path, capsys, damage):
     spoil(target)
     before = _snapshot(out)
     capsys.readouterr()
-    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--out", str(out), "--resume", *FAST]) == 2
+    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--out", str(out), "--resume",
+                 "--noprogress"]) == 2
     err = _one_line_error(capsys)
     assert f"bitlens: error: {target}:" in err and words in err, err
     assert _snapshot(out) == before

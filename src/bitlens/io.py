@@ -136,3 +136,41 @@ def write_manifest(run_dir: str | Path, *, command: str, config: dict[str, Any],
     path = Path(run_dir) / "manifest.json"
     write_json(path, manifest)
     return path
+
+
+def safetensors_header(path: str | Path) -> dict[str, tuple[str, list[int]]]:
+    """``{name: (dtype, shape)}`` from a .safetensors file's header, checked against the file's size without
+    reading the tensors: a truncated or damaged file raises ``BitlensError("<path>: ...")``."""
+    path = Path(path)
+    size = path.stat().st_size
+    problem = ""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            problem = "too short for its header" if n >= 0 else "too short to be a safetensors file"
+        else:
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header, problem = None, "its header is not valid JSON"
+    if not problem and not isinstance(header, dict):
+        problem = "its header is not a JSON object"
+    if problem:
+        raise BitlensError(f"{path}: truncated or not a safetensors file ({problem})")
+    out, end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            out[name] = (str(info["dtype"]), [int(d) for d in info["shape"]])
+        except (KeyError, TypeError, ValueError):
+            raise BitlensError(f"{path}: damaged safetensors header (entry {name!r})") from None
+        end = max(end, stop)
+        if not 0 <= start <= stop:
+            raise BitlensError(f"{path}: damaged safetensors header (entry {name!r})")
+    if 8 + n + end != size:
+        raise BitlensError(f"{path}: truncated or damaged: its header describes {8 + n + end} bytes, "
+                           f"the file has {size}")
+    return out

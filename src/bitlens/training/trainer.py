@@ -140,13 +140,25 @@ class Trainer:
         refused = sorted(set(overrides) - cls.RESUMABLE_OVERRIDES)
         if refused:
             raise BitlensError(f"cannot change {', '.join(refused)} when resuming (it would not be the same run)")
-        saved_cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
         from .objectives import objective_for
 
+        state_file = folder / "trainer_state.json"
+        if state["architecture"] != model.architecture:
+            raise BitlensError(f"{state_file}: architecture {state['architecture']!r} but cfg.json says "
+                               f"{model.architecture!r}")
         loss_cls = objective_for(model.architecture).loss_config
-        trainer = cls(model, train, val, saved_cfg, loss_cls.from_dict(state["loss_config"]), out_dir,
-                      variance=state["variance"])
-        restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
+        try:
+            saved_cfg = TrainConfig.from_dict(state["train_config"])
+            saved_cfg = TrainConfig.from_dict({**saved_cfg.to_dict(), **overrides})
+            loss_cfg = loss_cls.from_dict(state["loss_config"])
+        except (ValueError, TypeError) as e:
+            raise BitlensError(f"{state_file}: {str(e).splitlines()[0]}") from None
+        trainer = cls(model, train, val, saved_cfg, loss_cfg, out_dir, variance=state["variance"])
+        try:
+            restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
+        except Exception as e:  # wrong keys or shapes: the optimizer state does not belong to this model
+            raise BitlensError(f"{folder / 'optimizer.safetensors'}: does not fit the model "
+                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         trainer.step = state["step"]
         trainer._truncate_metrics()
         return trainer
