@@ -103,6 +103,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_out_dir(path: str | Path) -> Path:
+    """``path`` as an output folder: refused in one line when it exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BitlensError(f"--out {path} is a file, not a folder: choose a new or existing folder")
+    return path
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_problem(path: str | Path, exc: BaseException) -> str:
+    """Why numpy could not read ``path``, without numpy's advice to load pickles (never do that)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        return str(e)
+    if magic != NPY_MAGIC:
+        return "not a valid .npy file (no NumPy header)"
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return "a .npy file of Python objects, which bitlens never loads" if "pickle" in text else text
+
+
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes (hex), for manifests."""
     h = hashlib.sha256()

@@ -55,6 +55,9 @@ def _register_train(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint with its saved settings; "
                         "--steps/--epochs given with it extend the run, reporting options may change, others are ignored")
+    p.add_argument("--allow-new-data", action="store_true",
+                   help="with --resume: continue on data other than the run's so far (refused otherwise); "
+                        "the manifest lists every input the run has seen")
     _add_training_options(p)
 
 
@@ -64,6 +67,9 @@ def _run_train(args, argv) -> int:
     from ..training.run import train_bae
 
     bae, train, loss = _configs(args, argv)
+    from ..io import check_out_dir
+
+    check_out_dir(args.out)
     if args.store:
         from ..data.store import ActivationStore
 
@@ -71,13 +77,16 @@ def _run_train(args, argv) -> int:
         layer = store.default_layer(args.layer)
         tr, va = store.split(train.val_fraction, train.seed, layer, keep_outliers=args.keep_outliers)  # by document
         inputs = {"store": str(args.store), "layer": layer, "store_settings": store.manifest.get("settings"),
+                  "sha256": file_fingerprint(store.path / "manifest.json"),  # its settings, shards and statistics
                   "outliers_left_out": 0 if args.keep_outliers else int(store.outliers(layer).sum()),
-                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows}
+                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows, "finite_check": store.finite_checks[layer]}
     else:
         x = load_activations(args.activations, args.key)
         tr, va = split_rows(x, train.val_fraction, train.seed)
         inputs = {"activations": str(args.activations), "sha256": file_fingerprint(args.activations),
                   "rows": int(x.shape[0]), "dim": int(x.shape[1])}
+        if args.key:
+            inputs["key"] = args.key
     from ..training.trainer import Trainer
 
     overrides = {name: getattr(train, name) for name in _explicit(argv, train) & Trainer.RESUMABLE_OVERRIDES}
@@ -86,7 +95,7 @@ def _run_train(args, argv) -> int:
         print(f"bitlens: note: resuming uses the checkpoint's settings; ignored: {', '.join(sorted(ignored))}",
               file=sys.stderr)
     _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume, resume_overrides=overrides,
-                         inputs=inputs)
+                         inputs=inputs, allow_new_data=args.allow_new_data)
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
           f"checkpoint in {args.out}/checkpoint")

@@ -24,7 +24,7 @@ from ..analysis.statistics import coder_statistics
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..coders.registry import load
 from ..data.sources import RowSource
-from ..io import BitlensError
+from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .schedules import cosine_tail
@@ -190,6 +190,8 @@ class Trainer:
         evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
         stop = self.total_steps if until is None else min(until, self.total_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:  # a fresh start: lines of an earlier run killed before its first checkpoint go
+            (self.out_dir / METRICS).unlink(missing_ok=True)
         self.model.train()
         last: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
@@ -203,6 +205,12 @@ class Trainer:
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
                     terms = objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    loss = float(terms.loss.detach())  # _accumulate syncs on every term anyway
+                    if not math.isfinite(loss):
+                        raise BitlensError(
+                            f"training stopped: the loss became non-finite ({loss}) at step {self.step + 1}; the "
+                            f"last checkpoint in {self.out_dir / CHECKPOINT} is kept (if any): lower --lr or check "
+                            "the data")
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
                     self.opt.step()
@@ -254,7 +262,7 @@ class Trainer:
         record.update({f"train/{k}": v / n for k, v in r.items()})
         record.update({f"val/{k}": v for k, v in self.evaluate().items()})
         with open(self.out_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # an undefined statistic is null
         return record
 
 
