@@ -140,6 +140,17 @@ def test_2_redact_patterns():
     assert "abc.DEF" not in text and "my-private-token-42" not in text and "Bearer [REDACTED]" in text
 
 
+def test_2_log_records_are_redacted(caplog):
+    import logging
+
+    from bitlens.redact import register_secret
+
+    register_secret("another-secret-value-7")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("some.library").info("sending %s with %s", "Bearer tok_12345678", "another-secret-value-7")
+    assert "tok_12345678" not in caplog.text and "another-secret-value-7" not in caplog.text
+
+
 def test_2_reply_cache_is_per_server(tmp_path, monkeypatch):
     import asyncio
 
@@ -214,10 +225,19 @@ def test_3_json_files_never_hold_nan(tmp_path):
 
 
 # ---- 4: damaged run files give one line naming the file ---------------------------------------------------------
-def _trained(tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    assert main(["train", "--activations", str(_acts(tmp_path / "a.npy")), "--out", str(out), *FAST]) == 0
-    return out
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--activations", str(_acts(root / "a.npy")), "--out", str(root / "run"), *FAST]) == 0
+    return root / "run"
+
+
+def _trained(tmp_path: Path, source: Path) -> Path:
+    """A copy of a finished 40-step run, and its activations (same bytes) at tmp_path/a.npy."""
+    import shutil
+
+    _acts(tmp_path / "a.npy")
+    return Path(shutil.copytree(source, tmp_path / "run"))
 
 
 def _truncate(path: Path) -> None:
@@ -249,8 +269,8 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_4_damaged_run_files_give_one_line(tmp_path, capsys, damage):
-    out = _trained(tmp_path)
+def test_4_damaged_run_files_give_one_line(tmp_path, capsys, damage, trained_once):
+    out = _trained(tmp_path, trained_once)
     name, spoil, words = DAMAGE[damage]
     target = out / "checkpoint" / name
     spoil(target)
@@ -266,10 +286,10 @@ def test_4_damaged_run_files_give_one_line(tmp_path, capsys, damage):
             bitlens.load(out)
 
 
-def test_4_absurd_sizes_are_refused_before_allocating(tmp_path):
+def test_4_absurd_sizes_are_refused_before_allocating(tmp_path, trained_once):
     import tracemalloc
 
-    out = _trained(tmp_path)
+    out = _trained(tmp_path, trained_once)
     _edit_json(out / "checkpoint" / "cfg.json", lambda d: d["config"].update(d_in=40000, d_code=0, expansion=4))
     tracemalloc.start()
     with pytest.raises(BitlensError, match="40000"):
