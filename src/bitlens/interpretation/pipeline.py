@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.store import ActivationStore
-from ..io import BitlensError, file_fingerprint, write_manifest
+from ..io import BitlensError, check_out_dir, file_fingerprint, write_manifest
 from . import comsem, detection
 from .activations import activations, scan
 from .backends import Backend, BackendFatal, make_backend
@@ -65,6 +65,7 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
 
     if not cfg.coder or not cfg.store:
         raise BitlensError("give --coder CHECKPOINT and --store DIR")
+    check_out_dir(cfg.out)
     store = ActivationStore(cfg.store)
     layer = store.default_layer(None if cfg.layer < 0 else cfg.layer)
     coder = load(cfg.coder)
