@@ -23,6 +23,7 @@ after its last listed shard and never stores a token twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import shutil
@@ -181,11 +182,12 @@ class StoreWriter:
         n = sum(s["rows"] for s in shards)
         if n == 0:
             raise BitlensError(f"no tokens were extracted into {self.path}: the corpus is too short for the settings")
-        self.manifest.update(
-            complete=True, n_tokens=n, n_sequences=sum(s["sequences"] for s in shards),
-            excluded={k: sum(s["excluded"][k] for s in shards) for k in ("special", "first")},
-            stats={str(key): self._layer_stats(key, n) for key in self.keys})
-        write_json(self.path / "manifest.json", self.manifest)
+        final = {**self.manifest, "complete": True, "n_tokens": n, "n_sequences": sum(s["sequences"] for s in shards),
+                 "excluded": {k: sum(s["excluded"][k] for s in shards) for k in ("special", "first")},
+                 "stats": {str(key): self._layer_stats(key, n) for key in self.keys}}
+        with self._disk_full(f"the final manifest needs about {len(json.dumps(final, default=str))} bytes", n):
+            write_json(self.path / "manifest.json", final)
+        self.manifest = final
         return self.manifest
 
     # -- internals
@@ -215,18 +217,24 @@ class StoreWriter:
         return len(self.keys) * per_key + rows * N_META * 4 + 128
 
     def _commit_shard(self) -> None:
-        try:
+        rows = self._buffered
+        with self._disk_full(f"the next shard needs about {self._shard_bytes(rows)} bytes ({rows} tokens)",
+                             self.n_tokens - rows):
             self._write_shard()
+
+    @contextlib.contextmanager
+    def _disk_full(self, need: str, kept: int):
+        """Turn a full disk (or quota) into one line naming the folder and the space needed; what was committed
+        before stays committed (shards and the manifest are written atomically)."""
+        try:
+            yield
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            rows = self._buffered
-            need = self._shard_bytes(rows)
             free = shutil.disk_usage(self.path).free
-            raise BitlensError(f"no space left on the device holding {self.path}: the next shard needs about "
-                               f"{need} bytes ({rows} tokens), {free} bytes are free; the "
-                               f"{self.n_tokens - rows} tokens already committed are kept: free some space and "
-                               "rerun the same command to resume") from None
+            raise BitlensError(f"no space left on the device holding {self.path}: {need}, {free} bytes are free; "
+                               f"the {kept} tokens already committed are kept: free some space and rerun the "
+                               "same command to resume") from None
 
     def _write_shard(self) -> None:
         index = len(self.manifest["shards"])
