@@ -82,6 +82,32 @@ def test_1_unreachable_server_fails_the_run_and_a_rerun_retries(planted, tmp_pat
     assert all(r["status"] == "ok" and r["explanation"] and r["score"] for r in records)
 
 
+def test_1_rate_limited_and_server_errors_are_not_done_either(planted, tmp_path, capsys, monkeypatch):
+    store, coder = planted
+    monkeypatch.setenv("BITLENS_TEST_KEY", "x")
+    server = ChatServer()
+    server.script = ["429", "500"]  # retries 0: the first two explain requests fail for good
+    args = ["interpret", "--coder", str(coder), "--store", str(store), "--out", str(tmp_path / "run"),
+            "--progress", "false", "--llm", "openai:m", "--base-url", server.url, "--api-key-env",
+            "BITLENS_TEST_KEY", "--retries", "0", "--features", "0,1,2", "--concurrency", "1"]
+    try:
+        assert main(args) == 2
+        err = _one_line_error(capsys)
+        assert "2 of 3" in err and "HTTP 429 x1" in err and "HTTP 500 x1" in err
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "run" / "units.sqlite") as db:
+            done = sorted(db.execute("SELECT feature, stage FROM units").fetchall())
+        assert done == [(2, "explain"), (2, "score")]  # nothing of features 0 and 1 is recorded as done
+        calls = len(server.requests)
+        assert main(args) == 0  # the rerun asks for the two failed features again
+        assert len(server.requests) > calls
+    finally:
+        server.close()
+    statuses = [json.loads(x)["status"] for x in (tmp_path / "run" / "features.jsonl").read_text().splitlines()]
+    assert statuses == ["ok", "ok", "ok"]
+
+
 class _Breaker(ScriptedLLM):
     """Answers a few requests, then fails every one like an open circuit breaker."""
 
