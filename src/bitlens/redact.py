@@ -14,9 +14,11 @@ from typing import Any
 
 MASK = "[REDACTED]"
 _SECRETS: set[str] = set()
-# the scheme word, then a token of the characters RFC 6750 allows (never quotes or backslashes: JSON stays valid)
-_AUTH = re.compile(r"\b(Bearer|Basic|Token)(\s+)[A-Za-z0-9._~+/=:-]{4,}", re.IGNORECASE)
-_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")  # OpenAI-style keys
+# "Bearer", then a token of the characters RFC 6750 allows (never quotes or backslashes, so JSON stays valid) that
+# looks generated: 8+ characters with a digit, or 20+. Corpus text such as "bearer bonds" is left alone.
+_TOKEN = r"[A-Za-z0-9._~+/=:-]"
+_AUTH = re.compile(rf"\b(Bearer|bearer|BEARER)(\s+)(?:(?={_TOKEN}*\d){_TOKEN}{{8,}}|{_TOKEN}{{20,}})")
+_KEY_LIKE = re.compile(r"\bsk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{8,}")  # OpenAI-style keys
 _installed = False
 
 
