@@ -228,6 +228,9 @@ class Trainer:
             bar.close()
             self.save()
             raise
+        except BitlensError:
+            bar.close()  # end the bar's line so the error starts on its own; no checkpoint of a diverged model
+            raise
         bar.close()
         self.save()
         self.model.eval()
