@@ -136,7 +136,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 # the layout, bottom to top: a module may import only from its own package or one below it
-RANK = {"_version": 0, "io": 0, "config": 0, "devices": 0, "plotting": 0, "data": 1, "coders": 2, "ops": 3,
+RANK = {"_version": 0, "io": 0, "config": 0, "devices": 0, "plotting": 0, "redact": 0, "data": 1, "coders": 2, "ops": 3,
         "analysis": 4, "training": 5, "experiments": 6, "interpretation": 7, "report": 7, "api": 8, "cli": 9,
         "__init__": 10, "__main__": 10}
 

@@ -73,7 +73,7 @@ def test_unparseable_answers_are_missing_not_no(planted, tmp_path):
                             echo=lambda s: None)
     for r in _features(tmp_path / "run").values():
         s = r["score"]
-        assert s["n_missing"] == s["n_items"] and s["n_pos"] == s["n_neg"] == 0 and s["tnr"] != s["tnr"]  # nan
+        assert s["n_missing"] == s["n_items"] and s["n_pos"] == s["n_neg"] == 0 and s["tnr"] is None  # undefined: null, never bare NaN
     assert summary["missing_rate"] == 1.0 and summary["n_interpretable"]["0.6"] == 0
 
 

@@ -94,14 +94,16 @@ def train(data: Any, out_dir: str | Path | None = None, *, layer: int | None = N
 def train_run(data: Any, out_dir: str | Path, *, layer: int | None = None, key: str | None = None,
               keep_outliers: bool = False, bae: BAEConfig | None = None, train: TrainConfig | None = None,
               loss: LossConfig | None = None, resume: bool = False,
-              resume_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              resume_overrides: dict[str, Any] | None = None, allow_new_data: bool = False) -> dict[str, Any]:
     """Train (or resume) a BAE into ``out_dir`` and return its final validation statistics (what the CLI's
-    ``train`` does). ``data`` as for ``train``."""
+    ``train`` does). ``data`` as for ``train``. Resuming on data the run has not seen is refused unless
+    ``allow_new_data``."""
     from .data.sources import load_activations, split_rows
     from .data.store import ActivationStore
-    from .io import file_fingerprint
+    from .io import check_out_dir, file_fingerprint
     from .training.run import train_bae
 
+    check_out_dir(out_dir)
     train = train or TrainConfig()
     store = data if isinstance(data, ActivationStore) else None
     if store is None and isinstance(data, (str, Path)) and Path(data).is_dir():
@@ -110,13 +112,14 @@ def train_run(data: Any, out_dir: str | Path, *, layer: int | None = None, key: 
         layer = store.default_layer(layer)
         tr, va = store.split(train.val_fraction, train.seed, layer, keep_outliers=keep_outliers)  # by document
         inputs = {"store": str(store.path), "layer": layer, "store_settings": store.manifest.get("settings"),
+                  "sha256": file_fingerprint(store.path / "manifest.json"),  # its settings, shards and statistics
                   "outliers_left_out": 0 if keep_outliers else int(store.outliers(layer).sum()),
-                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows}
+                  "train_tokens": tr.n_rows, "val_tokens": va.n_rows, "finite_check": store.finite_checks[layer]}
     elif isinstance(data, (str, Path)):
         x = load_activations(data, key)
         tr, va = split_rows(x, train.val_fraction, train.seed)
         inputs = {"activations": str(data), "sha256": file_fingerprint(data), "rows": int(x.shape[0]),
-                  "dim": int(x.shape[1])}
+                  "dim": int(x.shape[1]), **({"key": key} if key else {})}
     else:
         x = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
         if x.ndim != 2 or not torch.is_floating_point(x) or x.shape[0] < 2:
@@ -126,7 +129,7 @@ def train_run(data: Any, out_dir: str | Path, *, layer: int | None = None, key: 
         tr, va = split_rows(x.float(), train.val_fraction, train.seed)
         inputs = {"rows": int(x.shape[0]), "dim": int(x.shape[1]), "source": "in-memory rows"}
     _, stats = train_bae(tr, va, out_dir, bae, train, loss, resume=resume, resume_overrides=resume_overrides,
-                         inputs=inputs)
+                         inputs=inputs, allow_new_data=allow_new_data)
     return stats
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -44,9 +45,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (indent 2, trailing newline)."""
+    """Write JSON atomically (indent 2, trailing newline). Non-finite numbers become null (bare NaN is not JSON)
+    and secrets are masked (``bitlens.redact``)."""
+    from .redact import redact
+
+    text = redact(json.dumps(json_safe(data), indent=2, default=_json_default, allow_nan=False))
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python, numpy or 0-d tensor) replaced by None, for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy/torch scalars and arrays
+        return json_safe(obj.tolist())
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -85,6 +103,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_out_dir(path: str | Path) -> Path:
+    """``path`` as an output folder: refused in one line when it exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BitlensError(f"{path} is a file, not a folder: choose a new or existing folder for the output")
+    return path
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_problem(path: str | Path, exc: BaseException) -> str:
+    """Why numpy could not read ``path``, without numpy's advice to load pickles (never do that)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        return str(e)
+    if magic != NPY_MAGIC:
+        return "not a valid .npy file (no NumPy header)"
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return "a .npy file of Python objects, which bitlens never loads" if "pickle" in text else text
+
+
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes (hex), for manifests."""
     h = hashlib.sha256()
@@ -118,3 +160,41 @@ def write_manifest(run_dir: str | Path, *, command: str, config: dict[str, Any],
     path = Path(run_dir) / "manifest.json"
     write_json(path, manifest)
     return path
+
+
+def safetensors_header(path: str | Path) -> dict[str, tuple[str, list[int]]]:
+    """``{name: (dtype, shape)}`` from a .safetensors file's header, checked against the file's size without
+    reading the tensors: a truncated or damaged file raises ``BitlensError("<path>: ...")``."""
+    path = Path(path)
+    size = path.stat().st_size
+    problem = ""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            problem = "too short for its header" if n >= 0 else "too short to be a safetensors file"
+        else:
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header, problem = None, "its header is not valid JSON"
+    if not problem and not isinstance(header, dict):
+        problem = "its header is not a JSON object"
+    if problem:
+        raise BitlensError(f"{path}: truncated or not a safetensors file ({problem})")
+    out, end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            out[name] = (str(info["dtype"]), [int(d) for d in info["shape"]])
+        except (KeyError, TypeError, ValueError):
+            raise BitlensError(f"{path}: damaged safetensors header (entry {name!r})") from None
+        end = max(end, stop)
+        if not 0 <= start <= stop:
+            raise BitlensError(f"{path}: damaged safetensors header (entry {name!r})")
+    if 8 + n + end != size:
+        raise BitlensError(f"{path}: truncated or damaged: its header describes {8 + n + end} bytes, "
+                           f"the file has {size}")
+    return out

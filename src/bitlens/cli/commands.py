@@ -53,6 +53,9 @@ class TrainInputs:
     resume: bool = False
     """Continue the run in --out from its last checkpoint with its saved settings; --steps/--epochs extend the run,
     device/progress/evaluation options may change, other options are ignored."""
+    allow_new_data: bool = False
+    """With --resume: continue on data other than the run's so far (refused otherwise); the manifest lists every
+    input the run has seen."""
 
 
 def _register_train(p, defaults) -> None:
@@ -80,7 +83,7 @@ def _run_train(args, argv) -> int:
                                                  ", ".join(sorted(ignored)))
     stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer, key=inputs.key or None,
                       keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss, resume=inputs.resume,
-                      resume_overrides=overrides)
+                      resume_overrides=overrides, allow_new_data=inputs.allow_new_data)
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
           f"checkpoint in {inputs.out}/checkpoint")

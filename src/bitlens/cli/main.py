@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return spec.run(args, argv) or 0
     except BitlensError as e:
-        print(f"bitlens: error: {e}", file=sys.stderr)
+        from ..redact import redact
+
+        print(f"bitlens: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bitlens: interrupted; {spec.resumable_hint}", file=sys.stderr)

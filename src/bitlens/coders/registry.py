@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._version import __version__
-from ..io import BitlensError, atomic_path, write_json
+from ..io import BitlensError, atomic_path, safetensors_header, write_json
 from .bae import BAEConfig, BinaryAutoencoder
 from .random_control import RandomConfig, RandomControl
 from .sae import JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, Transcoder
@@ -60,17 +60,50 @@ def find_checkpoint(path: str | Path) -> Path:
     raise BitlensError(f"no coder checkpoint (cfg.json + model.safetensors) at {path}")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a coder saved by bitlens from a checkpoint folder or a run folder. Never unpickles."""
-    folder = find_checkpoint(path)
+def read_coder_config(folder: Path) -> tuple[str, Any]:
+    """(architecture, config) from ``folder/cfg.json``, every field type-checked; BitlensError("<file>: ...")."""
+    file = folder / "cfg.json"
     try:
-        meta = json.loads((folder / "cfg.json").read_text())
-        arch = meta["architecture"]
-        cfg_cls = REGISTRY[arch][1] if arch in REGISTRY else None
-        if cfg_cls is None:
-            raise BitlensError(f"unknown architecture {arch!r} in {folder / 'cfg.json'}")
-        model = build(arch, cfg_cls.from_dict(meta["config"]))
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    except (KeyError, ValueError, json.JSONDecodeError, RuntimeError) as e:
-        raise BitlensError(f"cannot load coder from {folder}: {str(e).splitlines()[0]}") from e
+        meta = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(meta, dict):
+        raise BitlensError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    arch = meta.get("architecture")
+    if not isinstance(arch, str) or arch not in REGISTRY:
+        raise BitlensError(f"{file}: architecture must be one of {', '.join(sorted(REGISTRY))}, not {arch!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise BitlensError(f"{file}: config must be an object of settings, not {meta.get('config')!r}")
+    try:
+        return arch, REGISTRY[arch][1].from_dict(meta["config"])
+    except (ValueError, TypeError) as e:
+        raise BitlensError(f"{file}: {str(e).splitlines()[0]}") from None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a coder saved by bitlens from a checkpoint folder or a run folder. Never unpickles.
+
+    Damaged files are refused with one line naming the file, before any large allocation: the model is first
+    built on the meta device and its tensor shapes checked against the safetensors header (whose sizes are
+    checked against the file's size), so a cfg.json claiming d_in = 40000 next to a 9 KB file costs nothing."""
+    folder = find_checkpoint(path)
+    arch, cfg = read_coder_config(folder)
+    weights = folder / "model.safetensors"
+    header = safetensors_header(weights)
+    try:
+        with torch.device("meta"):
+            skeleton = build(arch, cfg)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise BitlensError(f"{folder / 'cfg.json'}: {str(e).splitlines()[0]}") from None
+    expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    for name in sorted(set(expected) | set(header)):
+        if expected.get(name) != (header[name][1] if name in header else None):
+            have = header[name][1] if name in header else "absent"
+            raise BitlensError(f"{folder / 'cfg.json'}: does not match {weights.name} ({weights.stat().st_size} "
+                               f"bytes): {name} is {have} there, {expected.get(name, 'absent')} by this config")
+    try:
+        model = build(arch, cfg)
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:  # safetensors and torch raise many kinds for damaged data
+        raise BitlensError(f"{weights}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return model.to(device).eval()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import Serializable
-from ..io import BitlensError
+from ..io import BitlensError, check_out_dir
 from .corpora import Corpus, Document, load_corpus
 from .models import LoadedModel, load_model
 from .store import META_COLUMNS, Key, StoreWriter, parse_site
@@ -276,26 +276,28 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     bar = _progress(progress, max_tokens, writer.n_tokens)
     sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
     done = max_tokens is not None and writer.n_tokens >= max_tokens  # killed between last shard and finish
-    while not done:
-        batch = _take(sequences, forward_batch)
-        if not batch:
-            break
-        ids, mask = pad_batch(batch, pad_id)
-        keep, meta, excluded = keep_mask_and_meta(batch, ids.shape[1], special_ids, exclude_first)
-        hidden = capture_layers(lm, ids, mask, layers, sites)
-        keep_dev = keep.to(lm.device)
-        acts = {layer: h[keep_dev].float().cpu().numpy() for layer, h in hidden.items()}
-        last = batch[-1]
-        cursor = (last.doc_pos, last.chunk + 1)
-        before = writer.n_tokens
-        done = writer.add(acts, meta, cursor=cursor, excluded=excluded,
-                          sequences=len(batch), max_tokens=max_tokens)
+    try:
+        while not done:
+            batch = _take(sequences, forward_batch)
+            if not batch:
+                break
+            ids, mask = pad_batch(batch, pad_id)
+            keep, meta, excluded = keep_mask_and_meta(batch, ids.shape[1], special_ids, exclude_first)
+            hidden = capture_layers(lm, ids, mask, layers, sites)
+            keep_dev = keep.to(lm.device)
+            acts = {layer: h[keep_dev].float().cpu().numpy() for layer, h in hidden.items()}
+            last = batch[-1]
+            cursor = (last.doc_pos, last.chunk + 1)
+            before = writer.n_tokens
+            done = writer.add(acts, meta, cursor=cursor, excluded=excluded,
+                              sequences=len(batch), max_tokens=max_tokens)
+            if bar is not None:
+                bar.update(writer.n_tokens - before)
+                bar.set_postfix(docs=f"{last.doc_pos + 1}/{n_docs}", refresh=False)
+        writer.finish()
+    finally:
         if bar is not None:
-            bar.update(writer.n_tokens - before)
-            bar.set_postfix(docs=f"{last.doc_pos + 1}/{n_docs}", refresh=False)
-    writer.finish()
-    if bar is not None:
-        bar.close()
+            bar.close()  # ends the bar's line, so an error message starts on a line of its own
     return Path(out)
 
 
@@ -377,6 +379,7 @@ class ExtractConfig(Serializable):
 def extract_main(cfg: ExtractConfig) -> Path:
     """Run `bitlens extract`: load the model and corpus, extract, print a one-line summary."""
     started = time.perf_counter()
+    check_out_dir(cfg.out)  # before loading anything
     lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=cfg.device)
     layers = cfg.layers or ([] if cfg.sites else [lm.n_layers // 2])
     if layers:

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from ..io import BitlensError
+from ..io import BitlensError, npy_problem
 
 
 class RowSource(Protocol):
@@ -84,7 +84,10 @@ def load_activations(path: str | Path, key: str | None = None) -> torch.Tensor:
         raise BitlensError(f"activation file not found: {path}")
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise BitlensError(f"cannot read {path}: {npy_problem(path, e)}") from None
             x = torch.from_numpy(np.ascontiguousarray(arr))
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file

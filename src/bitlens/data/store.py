@@ -23,8 +23,11 @@ after its last listed shard and never stores a token twice.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..io import BitlensError, atomic_dir, write_json, write_text
+from ..io import BitlensError, atomic_dir, check_out_dir, npy_problem, write_json, write_text
 
 FORMAT = "bitlens-activation-store"
 FORMAT_VERSION = 1
@@ -102,7 +105,7 @@ class StoreWriter:
 
         ``documents`` and ``token_texts`` are called only when a new store is created.
         """
-        path = Path(path)
+        path = check_out_dir(path)
         if dtype not in _STORE_DTYPES:
             raise BitlensError(f"store dtype must be float16 or float32, not {dtype!r}")
         settings = _normalise(settings)
@@ -158,6 +161,8 @@ class StoreWriter:
             n = max_tokens - self.n_tokens
             done = True
         for key in self.keys:
+            self._refuse_non_finite(key, acts[key][:n], meta[:n])
+        for key in self.keys:
             self._buffer[key].append(acts[key][:n])
         self._meta.append(meta[:n])
         self._buffered += n
@@ -177,16 +182,61 @@ class StoreWriter:
         n = sum(s["rows"] for s in shards)
         if n == 0:
             raise BitlensError(f"no tokens were extracted into {self.path}: the corpus is too short for the settings")
-        self.manifest.update(
-            complete=True, n_tokens=n, n_sequences=sum(s["sequences"] for s in shards),
-            excluded={k: sum(s["excluded"][k] for s in shards) for k in ("special", "first")},
-            stats={str(key): self._layer_stats(key, n) for key in self.keys})
-        write_json(self.path / "manifest.json", self.manifest)
+        final = {**self.manifest, "complete": True, "n_tokens": n, "n_sequences": sum(s["sequences"] for s in shards),
+                 "excluded": {k: sum(s["excluded"][k] for s in shards) for k in ("special", "first")},
+                 "stats": {str(key): self._layer_stats(key, n) for key in self.keys}}
+        with self._disk_full(f"the final manifest needs about {len(json.dumps(final, default=str))} bytes", n):
+            write_json(self.path / "manifest.json", final)
+        self.manifest = final
         return self.manifest
 
     # -- internals
 
+    def _refuse_non_finite(self, key: Key, rows: np.ndarray, meta: np.ndarray) -> None:
+        """A NaN or inf row would poison every mean, loss and checkpoint made from the store: refuse it, naming
+        the document and position it came from (nothing of the batch is stored)."""
+        bad = ~np.isfinite(rows).all(axis=1)
+        if not bad.any():
+            return
+        i = int(np.argmax(bad))
+        doc, pos = int(meta[i, 0]), int(meta[i, 3])
+        name = ""
+        try:
+            lines = (self.path / "documents.jsonl").read_text().splitlines()
+            name = f" ({json.loads(lines[doc])['id']})" if 0 <= doc < len(lines) else ""
+        except (OSError, ValueError, KeyError):
+            pass
+        raise BitlensError(f"{_describe(key)}: the model produced non-finite values (NaN or inf) at document "
+                           f"{doc}{name}, position {pos} ({int(bad.sum())} such rows in the batch); refusing to "
+                           f"store them: {self.n_tokens - self._buffered} tokens committed in {self.path} are kept")
+
+    def _shard_bytes(self, rows: int) -> int:
+        """Bytes one shard of ``rows`` rows takes on disk (activations, norms, sums, metadata, .npy headers)."""
+        per_key = rows * self.manifest["dim"] * np.dtype(self.np_dtype).itemsize + rows * 4 + \
+            self.manifest["dim"] * 8 + 3 * 128
+        return len(self.keys) * per_key + rows * N_META * 4 + 128
+
     def _commit_shard(self) -> None:
+        rows = self._buffered
+        with self._disk_full(f"the next shard needs about {self._shard_bytes(rows)} bytes ({rows} tokens)",
+                             self.n_tokens - rows):
+            self._write_shard()
+
+    @contextlib.contextmanager
+    def _disk_full(self, need: str, kept: int):
+        """Turn a full disk (or quota) into one line naming the folder and the space needed; what was committed
+        before stays committed (shards and the manifest are written atomically)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = shutil.disk_usage(self.path).free
+            raise BitlensError(f"no space left on the device holding {self.path}: {need}, {free} bytes are free; "
+                               f"the {kept} tokens already committed are kept: free some space and rerun the "
+                               "same command to resume") from None
+
+    def _write_shard(self) -> None:
         index = len(self.manifest["shards"])
         name = f"{index:06d}"
         meta = np.concatenate(self._meta).astype(np.int32)
@@ -204,6 +254,7 @@ class StoreWriter:
             "sequences": self._pending["sequences"],
             "excluded": {"special": self._pending["special"], "first": self._pending["first"]},
             "docs": [int(meta[:, 0].min()), int(meta[:, 0].max())] if len(meta) else [],
+            "finite": True,  # add() refuses NaN and inf; readers check again (a file may be edited later)
         })
         write_json(self.path / "manifest.json", self.manifest)  # the shard counts from here on
         self._buffer = {key: [] for key in self.keys}
@@ -258,6 +309,18 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+
+
+def _all_finite(block: np.ndarray) -> bool:
+    """No NaN or inf in ``block``: an IEEE value is non-finite exactly when its exponent bits are all ones, and
+    testing the bits is about 5x faster than np.isfinite on float16 (0.12 s vs 0.62 s for the 230 MB demo store)."""
+    if block.dtype in _EXPONENT and block.flags.c_contiguous:
+        bits, mask = _EXPONENT[block.dtype]
+        return not ((block.view(bits) & mask) == mask).any()
+    return bool(np.isfinite(block).all())
+
+
 def _describe(key: Key) -> str:
     return f"layer {key}" if isinstance(key, int) else f"site {key}"
 
@@ -297,6 +360,7 @@ class ActivationStore:
         self._meta = np.concatenate([self._load(s["name"], "meta.npy") for s in self._shards])
         self._texts: list[str] | None = None
         self._docs: list[dict] | None = None
+        self.finite_checks: dict[Key, dict[str, Any]] = {}  # layer -> result of check_finite
 
     # -- validation and raw access
 
@@ -316,8 +380,8 @@ class ActivationStore:
                     array = self._load(shard["name"], file)
                 except FileNotFoundError:
                     raise BitlensError(f"{where} is missing") from None
-                except ValueError as exc:
-                    raise BitlensError(f"{where} is not a readable .npy file ({exc})") from exc
+                except (ValueError, OSError, EOFError) as exc:
+                    raise BitlensError(f"{where}: {npy_problem(self.path / 'shards' / shard['name'] / file, exc)}") from None
                 if array.shape != shape or array.dtype != dtype:
                     raise BitlensError(f"{where} is {array.dtype}{list(array.shape)}, manifest says {dtype}{list(shape)}")
 
@@ -327,10 +391,37 @@ class ActivationStore:
         return [*self.layers, *self.sites]
 
     def layer_shards(self, layer: Key) -> list[np.ndarray]:
-        """Memory-mapped ``[rows, d]`` arrays of one layer or site, one per shard, in store order."""
+        """Memory-mapped ``[rows, d]`` arrays of one layer or site, one per shard, in store order; checked once
+        per store object for NaN and inf (``check_finite``)."""
         if layer not in self.keys:
             raise BitlensError(f"{_describe(layer)} is not in store {self.path} ({self._contents()})")
-        return [self._load(s["name"], _layer_file(layer)) for s in self._shards]
+        arrays = [self._load(s["name"], _layer_file(layer)) for s in self._shards]
+        if layer not in self.finite_checks:
+            self.check_finite(layer, arrays)
+        return arrays
+
+    def check_finite(self, layer: Key, arrays: list[np.ndarray] | None = None,
+                     chunk_rows: int = 16384) -> dict[str, Any]:
+        """Refuse a layer with any NaN or inf (one line naming shard, row, document and position); the result
+        (shards, rows, seconds) is kept in ``finite_checks`` for the run's manifest. One sequential pass over the
+        layer's shards, in chunks: about a second per GB."""
+        started = time.perf_counter()
+        arrays = arrays if arrays is not None else [self._load(s["name"], _layer_file(layer)) for s in self._shards]
+        for shard, array, offset in zip(self._shards, arrays, self._offsets):
+            for lo in range(0, len(array), chunk_rows):
+                block = np.asarray(array[lo:lo + chunk_rows])
+                if _all_finite(block):
+                    continue
+                row = lo + int(np.argmax(~np.isfinite(block).all(axis=1)))
+                value = block[row - lo][~np.isfinite(block[row - lo])][0]
+                doc, pos = (int(v) for v in self._load(shard["name"], "meta.npy")[row, [0, 3]])
+                raise BitlensError(f"store {self.path}: shard {shard['name']}/{_layer_file(layer)} holds "
+                                   f"{'NaN' if np.isnan(value) else 'inf'} at row {row} (document {doc}, position "
+                                   f"{pos}); the store is damaged: extract it again")
+        check = {"layer": layer, "shards": len(arrays), "rows": int(sum(len(a) for a in arrays)),
+                 "seconds": round(time.perf_counter() - started, 3)}
+        self.finite_checks[layer] = check
+        return check
 
     def _contents(self) -> str:
         return f"layers: {self.layers}" + (f", sites: {self.sites}" if self.sites else "")

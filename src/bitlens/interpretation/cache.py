@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from ..redact import redact
 from .backends.base import ChatRequest, Reply
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS replies (
@@ -16,10 +17,14 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS replies (
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, created REAL)"""
 
 
-def cache_key(identity: tuple[str, str], request: ChatRequest, template: str) -> str:
+def cache_key(identity: tuple[str, str], request: ChatRequest, template: str, endpoint: str = "") -> str:
+    """``endpoint``: the server's base URL for HTTP backends, so two servers serving the same model name never
+    share replies (absent for local backends, whose keys are unchanged)."""
     payload = {"backend": identity[0], "model": identity[1], "messages": [list(m) for m in request.messages],
                "params": {"temperature": 0.0, "max_tokens": request.max_tokens, "choices": list(request.choices)},
                "template": template}
+    if endpoint:
+        payload["endpoint"] = endpoint
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -43,7 +48,7 @@ class ResponseCache:
                      latency_s=row[4], extra={"cached": True})
 
     def put_many(self, items: list[tuple[str, tuple[str, str], str, Reply]]) -> None:
-        rows = [(key, ident[0], ident[1], template, r.text, json.dumps(r.p_choice), r.prompt_tokens,
+        rows = [(key, ident[0], ident[1], template, redact(r.text), json.dumps(r.p_choice), r.prompt_tokens,
                  r.completion_tokens, r.latency_s, time.time()) for key, ident, template, r in items if not r.error]
         self.db.executemany("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         self.db.commit()

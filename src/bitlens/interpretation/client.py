@@ -39,7 +39,7 @@ class LLMClient:
     async def ask(self, requests: list[ChatRequest], template: str, stage: str = "") -> list[tuple[str, Reply]]:
         """(cache key, reply) per request; cached replies cost nothing. Raises BudgetExhausted before sending a
         batch that the call or cost budget cannot cover, so no unit is left half-paid."""
-        keys = [cache_key(self.backend.identity, r, template) for r in requests]
+        keys = [cache_key(self.backend.identity, r, template, self.backend.endpoint) for r in requests]
         replies: list[Reply | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, r in enumerate(replies) if r is None]
         self.usage.cache_hits += len(requests) - len(missing)

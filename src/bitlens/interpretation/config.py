@@ -55,7 +55,7 @@ class InterpretConfig(Serializable):
     timeout: float = 60.0
     """Seconds per HTTP request."""
     retries: int = 5
-    """Retries per HTTP request (429, 5xx, timeouts, malformed replies), with backoff honouring Retry-After."""
+    """Retries per HTTP request: the openai SDK's own (408/409/429/5xx, timeouts, connection errors; backoff honouring Retry-After), and as many re-asks after a malformed reply."""
     min_positives: int = 20
     """Default mode: a feature needs this many minority-state tokens, else status too_few_examples."""
     n_explain: int = 12

@@ -18,6 +18,12 @@ from .sampling import rate_bin
 from .units import UnitStore
 
 
+def failed_requests(result: Any) -> list[str]:
+    """Errors of the failed requests in a unit's result (an explanation dict or a list of judgements)."""
+    rows = result if isinstance(result, list) else [result]
+    return [r["error"] for r in rows if isinstance(r, dict) and r.get("error")]
+
+
 @dataclass
 class Job:
     cfg: InterpretConfig
@@ -48,12 +54,15 @@ class Job:
                 "lexical": best_token_set(self.table.token, state, self.table.texts)}
 
     async def unit(self, feature: int, stage: str, compute) -> Any:
-        """The committed result of (feature, stage), computing and committing it first if needed."""
+        """The committed result of (feature, stage), computing and committing it first if needed. A result in
+        which a request failed (transport error after retries, malformed reply) is returned but not committed:
+        it is not done work, and a rerun asks again (the replies that did arrive are cached)."""
         done = self.units.get(feature, stage, self.fingerprint)
         if done is not None:
             return done
         result = await compute()
-        self.units.put(feature, stage, self.fingerprint, result)
+        if not failed_requests(result):
+            self.units.put(feature, stage, self.fingerprint, result)
         return result
 
     async def judge(self, requests: list[ChatRequest], template: Template, stage: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import ActivationStore
 from ..devices import resolve_device
-from ..io import BitlensError, file_fingerprint, write_manifest
+from ..io import BitlensError, check_out_dir, file_fingerprint, write_manifest
 from . import comsem, detection
 from .activations import activations, scan
 from .backends import Backend, BackendFatal, make_backend
@@ -27,7 +28,7 @@ from .cache import ResponseCache, cache_key
 from .client import BudgetExhausted, LLMClient
 from .config import InterpretConfig
 from .corpus import TokenTable
-from .job import Job
+from .job import Job, failed_requests
 from .prompts import COMSEM_EXPLAIN, COMSEM_JUDGE, EXPLAIN, JUDGE, parse_explanation
 from .results import write_results
 from .sampling import RUN_LEVEL, choose_features, rng_for
@@ -66,6 +67,7 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     """Load the coder and store, encode every token, choose features, open the cache and the unit store."""
     from ..coders.registry import find_checkpoint, load
 
+    check_out_dir(cfg.out)
     store = ActivationStore(cfg.store)
     layer = store.default_layer(cfg.layer)
     coder = load(cfg.coder).to(resolve_device(cfg.device))
@@ -99,12 +101,17 @@ def prepare(cfg: InterpretConfig, backend: Backend | None = None, echo: Callable
     cache = ResponseCache(cfg.cache or out / "cache.sqlite")
     client = LLMClient(backend, cache, max_calls=cfg.max_calls, max_cost=cfg.max_cost,
                        price_input=cfg.price_input, price_output=cfg.price_output)
-    fingerprint = _fingerprint(cfg, coder_id, store, backend.identity, layer)
+    llm = (*backend.identity, backend.endpoint) if backend.endpoint else backend.identity
+    fingerprint = _fingerprint(cfg, coder_id, store, llm, layer)
     inputs = {"coder": str(cfg.coder), "coder_sha256": coder_id, "architecture": getattr(coder, "architecture", ""),
               "store": str(cfg.store), "store_settings": store.manifest.get("settings"), "layer": layer,
-              "llm": list(backend.identity), "templates": _templates(cfg), "unit_fingerprint": fingerprint}
+              "llm": list(llm), "templates": _templates(cfg), "unit_fingerprint": fingerprint}
     return Job(cfg, table, stats, acts, {f: i for i, f in enumerate(features)}, topk, client,
                UnitStore(out / "units.sqlite"), fingerprint, features, inputs)
+
+
+def _request_failed(record: dict, errors: list[str], n: int) -> None:
+    record.update(status="request_failed", error=errors[0], failed_requests=len(errors), requests=n)
 
 
 async def _feature(job: Job, mode, f: int, state: dict) -> None:
@@ -112,7 +119,10 @@ async def _feature(job: Job, mode, f: int, state: dict) -> None:
     state["records"][f], state["examples"][f] = record, examples
     if record["status"] != "ok":
         return
+    record["status"] = "unfinished"  # "ok" only once the score is in, so a stopped run never shows ok without it
     exp = await mode.explain(job, f, examples)
+    if failed_requests(exp):
+        return _request_failed(record, failed_requests(exp), 1)
     record["explanation"], record["explain_raw"] = exp["explanation"], exp["raw"]
     # small models often return a worked example's answer verbatim: flag it (it is still scored, not dropped)
     shots = {a.strip().lower() for _, a in _explain_template(job.cfg).shots}
@@ -121,8 +131,11 @@ async def _feature(job: Job, mode, f: int, state: dict) -> None:
         record["status"], record["error"] = "explain_failed", exp["error"] or "unparseable explanation"
         return
     judged = await mode.judge_items(job, f, "score", exp["explanation"], mode.test_items(examples, job.cfg.seed, f))
+    if failed_requests(judged):
+        return _request_failed(record, failed_requests(judged), len(judged))
     state["judgements"][(f, "score")] = judged
     record["score"] = mode.metrics(judged, record["prevalence"])
+    record["status"] = "ok"
 
 
 def control_pairs(scored: list[int], fraction: float, seed: int) -> list[tuple[int, int]]:
@@ -145,6 +158,9 @@ async def _controls(job: Job, mode, state: dict, progress: bool) -> None:
                          disable=not progress, leave=False):
         items = mode.test_items(state["examples"][f], job.cfg.seed, f)
         judged = await mode.judge_items(job, f, "control", records[donor]["explanation"], items)
+        if failed_requests(judged):
+            state["failed_controls"].append(failed_requests(judged)[0])
+            continue
         state["judgements"][(f, "control")] = judged
         records[f]["control"] = {"kind": "shuffled_explanation", "donor": donor,
                                  "explanation": records[donor]["explanation"],
@@ -188,7 +204,7 @@ def dry_run(job: Job, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
         if record["status"] != "ok":
             continue
         request = mode.explain_prompt(examples)
-        hit = client.cache.get(cache_key(backend.identity, request, explain_t.version))
+        hit = client.cache.get(cache_key(backend.identity, request, explain_t.version, backend.endpoint))
         explanations[f] = (parse_explanation(hit.text) if hit else None) or _PLACEHOLDER
         items[f] = mode.test_items(examples, job.cfg.seed, f)
         planned.append((request, explain_t, "explain"))
@@ -198,7 +214,7 @@ def dry_run(job: Job, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     calls: dict[str, int] = {}
     tokens = cached = 0
     for request, template, stage in planned:
-        if client.cache.get(cache_key(backend.identity, request, template.version)) is not None:
+        if client.cache.get(cache_key(backend.identity, request, template.version, backend.endpoint)) is not None:
             cached += 1
         else:
             calls[stage] = calls.get(stage, 0) + 1
@@ -210,6 +226,20 @@ def dry_run(job: Job, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
          f"estimated input cost ${cost:.4f} (judge prompts use a placeholder where no explanation is cached); "
          f"statuses {statuses}")
     return report
+
+
+def _failure_line(job: Job, state: dict) -> str:
+    """One line when LLM requests failed: how many features went unscored (and controls unjudged), and why."""
+    failed = [r for r in state["records"].values() if r["status"] == "request_failed"]
+    errors = [r["error"] for r in failed] + state["failed_controls"]
+    if not errors:
+        return ""
+    reasons = Counter(e.split(":")[0].strip() for e in errors).most_common(3)
+    what = f"{len(failed)} of {len(job.features)} chosen features were not scored"
+    if state["failed_controls"]:
+        what += f" and {len(state['failed_controls'])} controls not judged"
+    return (f"{what}: LLM requests failed ({', '.join(f'{r} x{n}' for r, n in reasons)}; first: {errors[0]}); "
+            "nothing failed was recorded as done: rerun the same command to retry")
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -233,7 +263,7 @@ def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
     if resumed:
         echo(f"resuming: {resumed} finished work units in {out / 'units.sqlite'}")
     mode = _mode(cfg)
-    state: dict[str, Any] = {"records": {}, "examples": {}, "judgements": {}}
+    state: dict[str, Any] = {"records": {}, "examples": {}, "judgements": {}, "failed_controls": []}
     stopped, fatal = None, None
     try:
         asyncio.run(_run_all(job, mode, state))
@@ -247,6 +277,9 @@ def run_interpret(cfg: InterpretConfig, backend: Backend | None = None,
     job.client.cache.close()
     if fatal is not None:
         raise BitlensError(f"stopped: {fatal} (finished units are kept; rerun to continue)")
+    failure = _failure_line(job, state)
+    if failure:
+        raise BitlensError(failure)
     if stopped:
         echo(f"stopped cleanly: {stopped}; rerun the same command to continue")
     return summary

@@ -11,7 +11,8 @@ from ..plotting import save_figure, subplots
 
 
 def plot_interpretation(out: Path, cfg, mode, records: list[dict[str, Any]]) -> list[str]:
-    scored = [r for r in records if r.get("score")]
+    # a score is nan when every judgement was missing; matplotlib cannot place a log axis on no finite point
+    scored = [r for r in records if r.get("score") and np.isfinite(mode.headline(r["score"]) or np.nan)]
     if not scored:
         return []
     name = "balanced accuracy" if cfg.mode == "default" else "ComSem score (fraction yes)"

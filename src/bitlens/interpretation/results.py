@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from ..io import _json_default, write_json, write_text
+from ..io import _json_default, json_safe, write_json, write_text
+from ..redact import redact
 from .sampling import RATE_LABELS
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, default=_json_default, ensure_ascii=False) + "\n" for r in rows)
+    return redact("".join(json.dumps(json_safe(r), default=_json_default, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _mean(values) -> float | None:
@@ -111,7 +112,8 @@ def write_results(out: Path, cfg, job, mode, state: dict[str, Any], *, stopped: 
                         "backend_latency_s": u.latency_s, "calls_by_stage": u.by_stage}
     summary["elapsed_s"] = elapsed
     summary["stopped"] = stopped
-    summary["complete"] = stopped is None and len(records) == len(job.features)
+    summary["complete"] = (stopped is None and len(records) == len(job.features) and not state.get("failed_controls")
+                           and not any(r["status"] in ("request_failed", "unfinished") for r in records))
     summary["files"] = ["features.jsonl", "examples.jsonl", "judgements.jsonl", "summary.json"] + \
         (["features.parquet"] if parquet else [])
     from .plots import plot_interpretation

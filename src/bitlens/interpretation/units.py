@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..io import _json_default
+from ..io import _json_default, json_safe
+from ..redact import redact
 
 
 class UnitStore:
@@ -29,7 +30,7 @@ class UnitStore:
 
     def put(self, feature: int, stage: str, fingerprint: str, result: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)",
-                        (feature, stage, fingerprint, json.dumps(result, default=_json_default)))
+                        (feature, stage, fingerprint, redact(json.dumps(json_safe(result), default=_json_default))))
         self.db.commit()
 
     def count(self, fingerprint: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..coders.registry import save_coder
-from ..io import atomic_dir, write_json
+from ..io import BitlensError, atomic_dir, safetensors_header, write_json
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -44,7 +45,41 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
         write_json(tmp / "trainer_state.json", {**trainer_state, "optimizer": meta})
 
 
+#: trainer_state.json fields and the JSON types they must have
+_STATE_FIELDS = {"step": int, "total_steps": int, "variance": (int, float), "architecture": str,
+                 "train_config": dict, "loss_config": dict, "optimizer": dict}
+
+
 def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The trainer's state and the optimizer's tensors, checked: a damaged, truncated or edited file raises
+    BitlensError("<file>: <what is wrong>") and nothing is changed."""
     folder = Path(folder)
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return state, load_file(str(folder / "optimizer.safetensors"))
+    file = folder / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(state, dict):
+        raise BitlensError(f"{file}: expected a JSON object, got {type(state).__name__}")
+    unknown, missing = sorted(set(state) - set(_STATE_FIELDS)), sorted(set(_STATE_FIELDS) - set(state))
+    if unknown or missing:
+        raise BitlensError(f"{file}: " + "; ".join(
+            ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
+            + ([f"missing field(s) {', '.join(missing)}"] if missing else [])))
+    for name, kind in _STATE_FIELDS.items():
+        value = state[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BitlensError(f"{file}: {name} has the wrong type ({type(value).__name__})")
+    if state["step"] < 0 or not (math.isfinite(state["variance"]) and state["variance"] > 0):
+        raise BitlensError(f"{file}: step must be >= 0 and variance a positive number")
+    opt = state["optimizer"]
+    if not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
+        raise BitlensError(f"{file}: optimizer must hold param_groups (a list) and scalars (an object)")
+    weights = folder / "optimizer.safetensors"
+    if not weights.is_file():
+        raise BitlensError(f"{weights}: missing")
+    safetensors_header(weights)
+    try:
+        return state, load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for damaged data
+        raise BitlensError(f"{weights}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

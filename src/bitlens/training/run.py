@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..data.sources import RowSource
-from ..io import BitlensError, write_json, write_manifest
+from ..io import BitlensError, check_out_dir, write_json, write_manifest
 from .curves import plot_training_curves
 from .config import LossConfig, TrainConfig
 from .trainer import CHECKPOINT, Trainer, read_metrics
@@ -56,8 +56,8 @@ def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "cod
 
 def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae: BAEConfig | None = None,
               cfg: TrainConfig | None = None, loss: LossConfig | None = None, resume: bool = False,
-              inputs: dict[str, Any] | None = None,
-              resume_overrides: dict[str, Any] | None = None) -> tuple[BinaryAutoencoder, dict[str, Any]]:
+              inputs: dict[str, Any] | None = None, resume_overrides: dict[str, Any] | None = None,
+              allow_new_data: bool = False) -> tuple[BinaryAutoencoder, dict[str, Any]]:
     """Train (or resume) a BAE on ``train`` rows, evaluating on ``val``; everything goes to ``out_dir``.
 
     When resuming, the saved configs are used; ``resume_overrides`` may change the fields listed in
@@ -67,28 +67,42 @@ def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae:
     Raises KeyboardInterrupt after writing a checkpoint when interrupted.
     """
     return train_coder("bae", train, val, out_dir, bae or BAEConfig(), cfg, loss or LossConfig(), resume=resume,
-                       inputs=inputs, resume_overrides=resume_overrides)
+                       inputs=inputs, resume_overrides=resume_overrides, allow_new_data=allow_new_data)
 
 
 def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_dir: str | Path,
                 coder: Any = None, cfg: TrainConfig | None = None, loss: Any = None, resume: bool = False,
                 inputs: dict[str, Any] | None = None, resume_overrides: dict[str, Any] | None = None,
-                prepare: Callable[[torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                prepare: Callable[[torch.nn.Module], None] | None = None,
+                allow_new_data: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train (or resume) a coder of any registered ``architecture`` with the shared trainer, checkpoint format,
     metrics and save format. ``coder`` and ``loss`` default to the architecture's config classes' defaults.
     ``train``/``val`` may be paired sources (``PairedRows``: transcoder inputs and targets). ``prepare`` is called
     on a fresh model before training (e.g. the random control's ``match_rates``).
+
+    ``inputs`` (provenance for the manifest) should carry the data's ``sha256``: a resumed run on data whose
+    fingerprint the run has not seen is refused unless ``allow_new_data``; the manifest's ``inputs_seen`` lists
+    every input with the step from which it was used.
     """
     from .objectives import default_coder_config, objective_for
     from .trainer import init_coder
 
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     spec = objective_for(architecture)
     cfg = cfg or TrainConfig()
     coder = coder if coder is not None else default_coder_config(architecture)
     loss = loss if loss is not None else spec.loss_config()
     if resume:
-        trainer = Trainer.resume(out_dir, train, val, resume_overrides)
+        trainer = Trainer.resume(out_dir, train, val, resume_overrides)  # checks files and dimensions first
+        manifest, seen, new = _inputs_seen(out_dir, inputs)
+        if new is not None and seen and not allow_new_data:
+            last = seen[-1]
+            raise BitlensError(f"{out_dir} was trained on {last.get('source')} (sha256 {str(last['sha256'])[:12]}); "
+                               f"{new['source']} is other data (sha256 {new['sha256'][:12]}): allow new "
+                               "data (--allow-new-data) to continue on it")
+        if new is not None and manifest is not None:
+            manifest["inputs_seen"] = seen + [{**new, "from_step": trainer.step}]
+            write_json(out_dir / "manifest.json", manifest)
     else:
         if (out_dir / CHECKPOINT).exists():
             raise BitlensError(f"{out_dir} already holds a checkpoint: resume it, or train into a new folder")
@@ -111,7 +125,8 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
             "architecture": architecture, ("bae" if architecture == "bae" else "coder"): trainer.model.cfg.to_dict(),
             "train": cfg.to_dict(), "loss": loss.to_dict(), **scales, "data_variance": trainer.variance,
         }, seeds={"seed": cfg.seed}, inputs={**(inputs or {}), "train_rows": train.n_rows,
-                                              "val_rows": val.n_rows if val is not None else 0})
+                                              "val_rows": val.n_rows if val is not None else 0},
+            extra={"inputs_seen": [{**_input_id(inputs), "from_step": 0}] if _input_id(inputs) else []})
     try:
         last = trainer.fit()
     finally:
@@ -121,6 +136,35 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     final = {"step": trainer.step, **val}
     write_json(out_dir / "final_metrics.json", final)
     return trainer.model.eval(), final
+
+
+def _input_id(inputs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What identifies a run's data: its fingerprint, where it came from, and which part of it was used."""
+    if not inputs or not inputs.get("sha256"):
+        return None
+    source = inputs.get("store") or inputs.get("activations") or "?"
+    return {"sha256": inputs["sha256"], "source": source,
+            **{k: inputs[k] for k in ("layer", "key") if inputs.get(k) is not None}}
+
+
+def _inputs_seen(out_dir: Path, inputs: dict[str, Any] | None):
+    """(manifest, inputs seen so far, this input if the run has not seen it). Runs written before inputs_seen
+    existed count their manifest's one input."""
+    current = _input_id(inputs)
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None, [], None
+    if not isinstance(manifest, dict):
+        return None, [], None
+    seen = manifest.get("inputs_seen")
+    if not isinstance(seen, list):
+        first = _input_id(manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else None)
+        seen = [{**first, "from_step": 0}] if first else []
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in ("sha256", "layer", "key"))  # noqa: E731
+    if current is None or any(isinstance(s, dict) and same(s, current) for s in seen):
+        return manifest, seen, None
+    return manifest, seen, current
 
 
 def encode_all(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 8192, progress: bool = False) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..coders.registry import build, load
 from ..data.sources import RowSource
 from ..devices import resolve_device
-from ..io import BitlensError
+from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .objectives import objective_for
@@ -158,11 +158,23 @@ class Trainer:
         refused = sorted(set(overrides) - cls.RESUMABLE_OVERRIDES)
         if refused:
             raise BitlensError(f"cannot change {', '.join(refused)} when resuming (it would not be the same run)")
-        saved_cfg = TrainConfig.from_dict({**state["train_config"], **overrides})
+        state_file = folder / "trainer_state.json"
+        if state["architecture"] != model.architecture:
+            raise BitlensError(f"{state_file}: architecture {state['architecture']!r} but cfg.json says "
+                               f"{model.architecture!r}")
         loss_cls = objective_for(model.architecture).loss_config
-        trainer = cls(model, train, val, saved_cfg, loss_cls.from_dict(state["loss_config"]), out_dir,
-                      variance=state["variance"])
-        restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
+        try:
+            saved_cfg = TrainConfig.from_dict(state["train_config"])
+            saved_cfg = TrainConfig.from_dict({**saved_cfg.to_dict(), **overrides})
+            loss_cfg = loss_cls.from_dict(state["loss_config"])
+        except (ValueError, TypeError) as e:
+            raise BitlensError(f"{state_file}: {str(e).splitlines()[0]}") from None
+        trainer = cls(model, train, val, saved_cfg, loss_cfg, out_dir, variance=state["variance"])
+        try:
+            restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
+        except Exception as e:  # wrong keys or shapes: the optimizer state does not belong to this model
+            raise BitlensError(f"{folder / 'optimizer.safetensors'}: does not fit the model "
+                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         trainer.step = state["step"]
         trainer._truncate_metrics()
         return trainer
@@ -194,6 +206,8 @@ class Trainer:
         evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
         stop = self.total_steps if until is None else min(until, self.total_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:  # a fresh start: lines of an earlier run killed before its first checkpoint go
+            (self.out_dir / METRICS).unlink(missing_ok=True)
         self.model.train()
         last: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
@@ -207,6 +221,12 @@ class Trainer:
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
                     terms = objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    loss = float(terms.loss.detach())  # _accumulate syncs on every term anyway
+                    if not math.isfinite(loss):
+                        raise BitlensError(
+                            f"training stopped: the loss became non-finite ({loss}) at step {self.step + 1}; the "
+                            f"last checkpoint in {self.out_dir / CHECKPOINT} is kept (if any): lower --lr or check "
+                            "the data")
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
                     self.opt.step()
@@ -223,6 +243,9 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             self.save()
+            raise
+        except BitlensError:
+            bar.close()  # end the bar's line so the error starts on its own; no checkpoint of a diverged model
             raise
         bar.close()
         self.save()
@@ -258,7 +281,7 @@ class Trainer:
         record.update({f"train/{k}": v / n for k, v in r.items()})
         record.update({f"val/{k}": v for k, v in self.evaluate().items()})
         with open(self.out_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # an undefined statistic is null
         return record
 
 

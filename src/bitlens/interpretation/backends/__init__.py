@@ -29,7 +29,12 @@ def make_backend(spec: str, *, base_url: str = "", api_key_env: str = "OPENAI_AP
             raise BitlensError(f"replay needs the backend it replays, e.g. replay:openai:MODEL, not {spec!r}")
         from .replay import ReplayBackend
 
-        return ReplayBackend((inner_kind, inner_model))
+        endpoint = ""
+        if inner_kind == "openai":
+            from .openai_http import endpoint_for
+
+            endpoint = endpoint_for(base_url)
+        return ReplayBackend((inner_kind, inner_model), endpoint)
     if kind == "openai":
         from .openai_http import OpenAIBackend
 

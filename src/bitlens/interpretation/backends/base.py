@@ -24,7 +24,8 @@ class ChatRequest:
 
 @dataclass
 class Reply:
-    """A backend's answer. ``error`` set means no usable answer (counted as missing, never as "no")."""
+    """A backend's answer. ``error`` set means the request failed (transport error after retries, malformed reply):
+    no usable answer, never cached, and the work unit that asked it is not committed, so a rerun asks again."""
 
     text: str = ""
     p_choice: dict[str, float] = field(default_factory=dict)  # probability per choice, when the backend has it
@@ -44,6 +45,7 @@ class Backend:
     runs requests with bounded concurrency (local backends override it to batch)."""
 
     kind = "base"
+    endpoint = ""  # the server's URL for HTTP backends: part of the cache key, so servers never share replies
 
     def __init__(self, model: str, concurrency: int = 8):
         self.model = model

@@ -8,9 +8,10 @@ from .base import Backend, BackendFatal, ChatRequest, Reply
 class ReplayBackend(Backend):
     kind = "replay"
 
-    def __init__(self, inner_identity: tuple[str, str]):
+    def __init__(self, inner_identity: tuple[str, str], endpoint: str = ""):
         super().__init__(inner_identity[1])
         self._identity = inner_identity
+        self.endpoint = endpoint  # the replayed server's, so its cache keys match
 
     @property
     def identity(self) -> tuple[str, str]:
