@@ -129,7 +129,7 @@ def test_1_no_record_says_ok_without_its_result(planted, tmp_path):
 
     store, coder = planted
     cfg = InterpretConfig(coder=str(coder), store=str(store), out=str(tmp_path / "o"), progress=False,
-                          features="0,1,2,5")
+                          features=[0, 1, 2, 5])
     with pytest.raises(BitlensError, match="circuit breaker"):
         run_interpret(cfg, backend=_Breaker(ok_calls=6), echo=lambda s: None)
     records = [json.loads(x) for x in (tmp_path / "o" / "features.jsonl").read_text().splitlines()]

@@ -123,12 +123,18 @@ def test_ctrl_c_writes_checkpoint_then_resume(tmp_path, act_file):
     cmd = [sys.executable, "-m", "bitlens.cli.main", "train", "--activations", str(act_file), "--out", str(out),
            "--steps", "100000", "--batch-size", "64", "--eval-every", "50", "--checkpoint-every", "100000",
            "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts jobs in the background hands them SIGINT ignored, and Python then keeps ignoring it:
+    # give the child the default disposition so the test does not depend on how pytest was launched
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a training process behind when the test fails
     assert proc.returncode == 130, err
     assert "--resume" in err
     step = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"]

@@ -48,8 +48,8 @@ def test_compare_writes_the_table_and_resumes(store, tmp_path, capsys):
     stamps = {n: (out / "coders" / n / "checkpoint" / "model.safetensors").stat().st_mtime_ns for n in names}
     capsys.readouterr()
     assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert err.count("reused") == 6 and "splicing" not in err
+    out_text = capsys.readouterr().out  # progress lines go to stdout through logging
+    assert out_text.count("reused") == 6 and "splicing" not in out_text
     assert stamps == {n: (out / "coders" / n / "checkpoint" / "model.safetensors").stat().st_mtime_ns for n in names}
     assert json.loads((out / "compare.json").read_text())["coders"] == summary["coders"]
 

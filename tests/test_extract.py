@@ -182,14 +182,15 @@ def test_resume_after_kill(lm, corpus, tmp_path, mode):
     assert sorted(p.name for p in (out / "shards").iterdir()) == [s["name"] for s in resumed.manifest["shards"]]
 
 
-def test_extract_main(tmp_path, capsys):
+def test_extract_main(tmp_path, caplog):
     corpus_dir = write_corpus(tmp_path / "corpus")
     cfg = ExtractConfig(out=str(tmp_path / "store"), model=str(tiny_model_dir()), corpus=str(corpus_dir),
                         max_tokens=50)
-    extract_main(cfg)
+    with caplog.at_level("INFO", logger="bitlens"):
+        extract_main(cfg)
     store = ActivationStore(tmp_path / "store")
     assert store.layers == [2] and store.n_tokens == 50 and store.manifest["dtype"] == "float16"
-    assert "wrote 50 tokens" in capsys.readouterr().out
+    assert "wrote 50 tokens" in caplog.text
     with pytest.raises(BitlensError, match="out of range"):
         extract_main(ExtractConfig(out=str(tmp_path / "x"), model=str(tiny_model_dir()), corpus=str(corpus_dir),
                                    layers=[9]))

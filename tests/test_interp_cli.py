@@ -19,9 +19,9 @@ def planted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--llm", "bogus:x"], "--llm must be"),
+    (["--llm", "bogus:x"], "the LLM must be"),
     (["--llm", "replay:gpt"], "replay needs"),
-    (["--mode", "other"], "mode must be"),
+    (["--mode", "other"], "invalid choice: 'other'"),
     (["--features", "0,99"], "out of range"),
 ])
 def test_bad_input_is_one_line(planted, tmp_path, capsys, extra, message):

@@ -102,11 +102,12 @@ def test_max_calls_stops_cleanly_and_resumes(planted, tmp_path):
     assert summary["complete"] and not set(first.prompts) & set(second.prompts)
 
 
-def test_dry_run_counts_calls_without_calling(planted, tmp_path, capsys):
+def test_dry_run_counts_calls_without_calling(planted, tmp_path, caplog):
     llm = ScriptedLLM()
-    report = run_interpret(_cfg(planted, tmp_path / "run", dry_run=True, control_fraction=0.0), backend=llm)
+    with caplog.at_level("INFO", logger="bitlens"):
+        report = run_interpret(_cfg(planted, tmp_path / "run", dry_run=True, control_fraction=0.0), backend=llm)
     assert llm.prompts == [] and report["calls"] == 4 * (1 + 40) and report["prompt_tokens"] > 0
-    assert "dry run" in capsys.readouterr().out
+    assert "dry run" in caplog.text
     assert not (tmp_path / "run" / "summary.json").exists()
 
 

@@ -41,7 +41,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(BitlensError, match="unknown dtype"):
         load_model(tiny_model_dir(), dtype="float8")
     if not torch.cuda.is_available():
-        with pytest.raises(BitlensError, match="CUDA is not available"):
+        with pytest.raises(BitlensError, match="sees no CUDA GPU"):
             load_model(tiny_model_dir(), device="cuda")
 
 

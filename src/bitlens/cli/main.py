@@ -18,6 +18,13 @@ from .options import Flag
 DESCRIPTION = "bitlens: Binary Autoencoders for interpreting language-model hidden states."
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``bitlens train: error: ... (see --help)``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Wider option column, so option names and their help stay on one line where they fit."""
 
@@ -26,7 +33,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def new_parser(**kwargs) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
+    return Parser(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
 
 
 def new_subparsers(parser: argparse.ArgumentParser, dest: str, metavar: str):
@@ -73,15 +80,32 @@ class _Levels(logging.Filter):
         return record.levelno < self.below
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout``/``sys.stderr`` is at the time of each record (not the stream of the moment
+    the handler was made), so a caller that swaps the streams (a notebook, a test's capture) still sees the lines."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    @property
+    def stream(self):
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the live stream is always used
+        pass
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Progress messages of the library go to stdout as plain lines, warnings to stderr as 'bitlens: warning: ...'."""
     log = logging.getLogger("bitlens")
     for handler in list(log.handlers):
         log.removeHandler(handler)
-    info = logging.StreamHandler(sys.stdout)
+    info = _ConsoleHandler("stdout")
     info.addFilter(_Levels(logging.WARNING))
     info.setFormatter(logging.Formatter("%(message)s"))
-    warn = logging.StreamHandler(sys.stderr)
+    warn = _ConsoleHandler("stderr")
     warn.setLevel(logging.WARNING)
     warn.setFormatter(logging.Formatter("bitlens: %(levelname)s: %(message)s"))
     log.addHandler(info)

@@ -76,8 +76,7 @@ def run_layers(cfg: LayersConfig) -> dict[str, Any]:
     rows_out = []
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not cfg.progress):
         train, val = store.split(cfg.val_fraction, cfg.seed, layer)
-        result = fit_unit(out / f"layer_{layer:02d}", train, val, how, {"": val.rows(cfg.eval_tokens, seed=cfg.seed,
-                       device=cfg.device)},
+        result = fit_unit(out / f"layer_{layer:02d}", train, val, how, {"": val.rows(cfg.eval_tokens, seed=cfg.seed)},
                           inputs={"store": str(cfg.store), "layer": layer})
         rows_out.append({"layer": layer, **result})
     summary = {"store": str(cfg.store), "n_layers_model": store.manifest["settings"].get("model", {}).get("n_layers"),
