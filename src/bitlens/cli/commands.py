@@ -176,6 +176,21 @@ def _run_interpret(args, argv) -> int:
     return 0
 
 
+# ---- dashboard -------------------------------------------------------------------------------------------------
+def _register_dashboard(p) -> None:
+    from ..report.dashboard import DashboardConfig
+
+    p.add_arguments(DashboardConfig, dest="dashboard")
+
+
+def _run_dashboard(args, argv) -> int:
+    from ..report.dashboard import run_dashboard
+
+    result = run_dashboard(args.dashboard, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"dashboard: {result.index} ({result.summary['header']['n_live']} live features; open it in a browser)")
+    return 0
+
+
 # ---- entropy layers | positions | icl ----------------------------------------------------------------------------
 def _entropy_analyses():
     from ..analysis.icl import ICLConfig, run_icl
@@ -274,6 +289,8 @@ COMMANDS = [
             "statistics and splicing.", _register_compare, _run_compare),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
             _register_interpret, _run_interpret),
+    Command("dashboard", "Static HTML feature browser for a coder: sortable index and one page per live feature "
+            "(examples, contrasts, tokens, neighbours, logit lens).", _register_dashboard, _run_dashboard),
     Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
             _register_entropy, _run_entropy),
     Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
