@@ -176,18 +176,24 @@ def summarise_feature(j: int, state: np.ndarray, rate: float, tokens: np.ndarray
         n_top = min(n_examples // 2, len(top_rows))
         chosen = list(top_rows[:n_top])
         rest = np.setdiff1d(pos, chosen)
-        extra = rng.permutation(rest)[:n_examples - n_top]
+        extra = _draw(rng, rest, n_examples - n_top)
         examples = np.concatenate([np.asarray(chosen, dtype=np.int64), extra]).astype(np.int64)
         kinds = ["top"] * n_top + ["random"] * len(extra)
     else:  # binary: every firing is equal, so a uniform random draw shows what the feature typically does
-        examples = rng.permutation(pos)[:n_examples].astype(np.int64)
+        examples = _draw(rng, pos, n_examples)
         kinds = ["random"] * len(examples)
     pool = np.flatnonzero(~state & np.isin(tokens, top[:5]))
-    contrast = rng.permutation(pool)[:n_contrast].astype(np.int64)
+    contrast = _draw(rng, pool, n_contrast)
     p = float(rate)
     return FeatureSummary(j, p, float(bernoulli_entropy_bits(torch.tensor([p], dtype=torch.float64))[0]),
                           "off" if p > 0.5 else "on", int(len(pos)), lexical, top_tokens, concentration,
                           examples, kinds, contrast)
+
+
+def _draw(rng: np.random.Generator, rows: np.ndarray, k: int) -> np.ndarray:
+    """Up to ``k`` of ``rows`` without replacement, in random order."""
+    return rng.choice(rows, size=min(k, len(rows)), replace=False).astype(np.int64) if len(rows) else \
+        np.zeros(0, dtype=np.int64)
 
 
 def neighbours(j: int, pos: np.ndarray, packed: np.ndarray, n_minority: np.ndarray, off: np.ndarray,
