@@ -187,10 +187,12 @@ def summarise_feature(j: int, state: np.ndarray, rate: float, tokens: np.ndarray
     else:  # binary: every firing is equal, so a uniform random draw shows what the feature typically does
         examples = _draw(rng, pos, n_examples)
         kinds = ["random"] * len(examples)
-    pool = np.flatnonzero(~state & np.isin(tokens, top[:5]))
+    common = np.zeros(len(n_t), dtype=bool)
+    common[top[:5]] = True
+    pool = np.flatnonzero(~state & common[tokens])  # a table lookup: np.isin is ~20x slower here
     contrast = _draw(rng, pool, n_contrast)
     p = float(rate)
-    return FeatureSummary(j, p, float(bernoulli_entropy_bits(torch.tensor([p], dtype=torch.float64))[0]),
+    return FeatureSummary(j, p, float(bernoulli_entropy_bits(np.array([p]))[0]),
                           "off" if p > 0.5 else "on", int(len(pos)), lexical, top_tokens, concentration,
                           examples, kinds, contrast)
 
