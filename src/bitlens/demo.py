@@ -111,11 +111,14 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
     return summary
 
 
-def distinctive(rows: list[dict[str, Any]], n: int, min_tokens: int = 20) -> list[dict[str, Any]]:
+def distinctive(rows: list[dict[str, Any]], n: int, min_tokens: int = 20,
+                max_prevalence: float = 0.05) -> list[dict[str, Any]]:
     """``n`` features worth a first look, from the dashboard's rows: half with the highest lexical-rule F1, half
-    with the largest share of their minority-state tokens on one token (ties: more tokens first). Features with
-    fewer than ``min_tokens`` minority-state tokens are left out."""
-    pool = [r for r in rows if r["n_minority"] >= min_tokens]
+    with the largest share of their minority-state tokens on one token (ties: more tokens first). Only features with
+    at least ``min_tokens`` minority-state tokens and a minority state on at most ``max_prevalence`` of the tokens
+    are eligible: for a common state even the rule "every token" reaches F1 = 2p / (1 + p) (0.67 at p = 0.5)."""
+    pool = [r for r in rows
+            if r["n_minority"] >= min_tokens and min(r["rate"], 1 - r["rate"]) <= max_prevalence]
     by_f1 = sorted(pool, key=lambda r: (-r["lexical_f1"], -r["n_minority"], r["feature"]))[:(n + 1) // 2]
     taken = {r["feature"] for r in by_f1}
     by_token = sorted((r for r in pool if r["feature"] not in taken),

@@ -86,7 +86,7 @@ def histogram_svg(counts: np.ndarray, edges: np.ndarray, kind: str, width: int =
         x0 = width * (0 - edges[0]) / (edges[-1] - edges[0])
         label += (f'<line x1="{x0:.1f}" x2="{x0:.1f}" y1="0" y2="{height - 14}" class="zero"/>'
                   f'<text x="{x0:.1f}" y="{height - 2}" text-anchor="middle">0</text>')
-    return Markup(f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+    return Markup(f'<svg class="hist" viewBox="-14 0 {width + 28} {height}" width="{width + 28}" height="{height}" '
                   f'role="img">{"".join(bars)}{label}</svg>')
 
 
@@ -103,7 +103,7 @@ def frequency_svg(rate: np.ndarray, width: int = 520, height: int = 110) -> Mark
                    f'{int(c)} features</title></rect>' for i, c in enumerate(counts))
     ticks = "".join(f'<text x="{width * (e - lo) / -lo:.1f}" y="{height - 2}" text-anchor="middle">1e{e}</text>'
                     for e in range(lo, 1))
-    return Markup(f'<svg class="hist" viewBox="0 -2 {width + 10} {height + 2}" width="{width + 10}" '
+    return Markup(f'<svg class="hist" viewBox="-14 -2 {width + 28} {height + 2}" width="{width + 28}" '
                   f'height="{height + 2}" role="img">{bars}{ticks}</svg>')
 
 
