@@ -39,7 +39,8 @@ def make_html_store(path: Path, n_docs: int = 12, seed: int = 0) -> Path:
                               documents=lambda: [{"index": i, "id": f"doc<{i}>"} for i in range(n_docs)],
                               token_texts=lambda: list(VOCAB))
     for doc in range(n_docs):
-        words = [VOCAB[int(i)] for i in rng.choice(len(VOCAB), size=60, p=[.25, .1, .1, .05, .05, .05, .05, .15, .1, .1])]
+        freq = [.25, .1, .1, .05, .05, .05, .05, .15, .1, .1]
+        words = [VOCAB[int(i)] for i in rng.choice(len(VOCAB), size=60, p=freq)]
         x = np.zeros((len(words), D), dtype=np.float32)
         for i, w in enumerate(words):
             x[i, 0] = w == SCRIPT
@@ -173,7 +174,8 @@ class Browser:
             m, p = e.get("method"), e.get("params", {})
             if m == "Runtime.exceptionThrown":
                 details = p.get("exceptionDetails", {})
-                out.append(f'{details.get("url", "")}: {details.get("exception", {}).get("description") or details.get("text")}')
+                what = details.get("exception", {}).get("description") or details.get("text")
+                out.append(f'{details.get("url", "")}: {what}')
             elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
                 out.append(json.dumps(p.get("args", []))[:300])
             elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":

@@ -60,7 +60,8 @@ def test_binary_coder_pages_and_escaping(html_store, tmp_path):
     assert "Pre-step margin histogram" in f5 and "<svg" in f5
     # the OFF feature shows its OFF state: the target of every example is " the"
     f2 = pages["f2.html"]
-    assert set(re.findall(r'<mark class="target">(.*?)</mark>', f2.split('id="examples"')[1].split("</ol>")[0])) == {"␣the"}
+    shown = f2.split('id="examples"')[1].split("</ol>")[0]
+    assert set(re.findall(r'<mark class="target">(.*?)</mark>', shown)) == {"␣the"}
 
 
 def test_neighbours_and_examples_are_seeded_per_feature(html_store, tmp_path):

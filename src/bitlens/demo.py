@@ -130,7 +130,8 @@ def _around_target(example: str, before: int = 70, after: int = 30) -> str:
     """The part of a context around its ⟦target⟧, for a one-line printout."""
     i = max(example.find("⟦"), 0)
     j = example.find("⟧", i) + 1 or len(example)
-    return ("…" if i > before else "") + example[max(0, i - before):j + after] + ("…" if j + after < len(example) else "")
+    head = "…" if i > before else ""
+    return head + example[max(0, i - before):j + after] + ("…" if j + after < len(example) else "")
 
 
 def _check_previous_run(run: Path, train_cfg: TrainConfig, loss_cfg: LossConfig) -> bool:

@@ -193,7 +193,8 @@ def run_dashboard(cfg: DashboardConfig, echo: Callable[[str], None] = lambda lin
     key = _layer_key(cfg, store, run_inputs)
     coder = load(checkpoint, device=cfg.device)
     if getattr(coder, "d_in", store.dim) != store.dim:
-        raise BitlensError(f"coder {cfg.coder} reads vectors of size {coder.d_in}, store {cfg.store} holds size {store.dim}")
+        raise BitlensError(f"coder {cfg.coder} reads vectors of size {coder.d_in}, "
+                           f"store {cfg.store} holds size {store.dim}")
     view, _ = store.split(0.0, cfg.seed, key, keep_outliers=cfg.keep_outliers)
     keep = np.ones(store.n_tokens, bool) if cfg.keep_outliers else ~store.outliers(key)
     store_rows = np.flatnonzero(keep)
@@ -242,8 +243,9 @@ def run_dashboard(cfg: DashboardConfig, echo: Callable[[str], None] = lambda lin
 
     magnitudes: dict[tuple[int, int], float] = {}
     if cp.top_rows is not None:  # real-valued coder: the activation of every shown example
-        pf = np.concatenate([np.full(len(f.examples), j) for j, f in feats.items()] or [np.zeros(0, int)]).astype(np.int64)
-        pr = np.concatenate([f.examples for f in feats.values()] or [np.zeros(0, int)]).astype(np.int64)
+        empty = [np.zeros(0, dtype=np.int64)]
+        pf = np.concatenate([np.full(len(f.examples), j) for j, f in feats.items()] or empty).astype(np.int64)
+        pr = np.concatenate([f.examples for f in feats.values()] or empty).astype(np.int64)
         vals = _magnitudes(coder, rows, pf, pr)
         magnitudes = {(int(f), int(r)): float(v) for f, r, v in zip(pf, pr, vals)}
 

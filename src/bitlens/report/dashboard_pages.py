@@ -99,7 +99,8 @@ def frequency_svg(rate: np.ndarray, width: int = 520, height: int = 110) -> Mark
     top = counts.max() or 1
     bw = width / len(counts)
     bars = "".join(f'<rect x="{i * bw:.1f}" y="{height - 16 - (height - 20) * c / top:.1f}" width="{bw - 1:.1f}" '
-                   f'height="{(height - 20) * c / top:.1f}" class="bon"><title>10^{edges[i]:.2f} to 10^{edges[i + 1]:.2f}: '
+                   f'height="{(height - 20) * c / top:.1f}" class="bon">'
+                   f'<title>10^{edges[i]:.2f} to 10^{edges[i + 1]:.2f}: '
                    f'{int(c)} features</title></rect>' for i, c in enumerate(counts))
     ticks = "".join(f'<text x="{width * (e - lo) / -lo:.1f}" y="{height - 2}" text-anchor="middle">1e{e}</text>'
                     for e in range(lo, 1))
@@ -142,10 +143,12 @@ def index_row(f: FeatureSummary, interp: dict | None, mean_active: float | None,
     return {"feature": f.feature, "rate": f.rate, "entropy_bits": f.entropy_bits, "polarity": f.polarity,
             "n_minority": f.n_minority, "lexical_f1": f.lexical["f1"], "lexical_precision": f.lexical["precision"],
             "lexical_recall": f.lexical["recall"], "lexical_tokens": f.lexical["tokens"],
-            "top_tokens": [{"text": t["text"], "count": t["count"], "fraction": t["fraction"]} for t in f.top_tokens[:5]],
+            "top_tokens": [{"text": t["text"], "count": t["count"], "fraction": t["fraction"]}
+                           for t in f.top_tokens[:5]],
             "concentration": f.concentration, "mean_active": None if mean_active is None else float(mean_active),
             "explanation": (interp or {}).get("explanation"), "score": score, "score_name": score_name,
-            "examples": ["".join(f"⟦{s}⟧" if c == "t" else s for c, s in ex["segments"]) for ex in page["examples"][:3]]}
+            "examples": ["".join(f"⟦{s}⟧" if c == "t" else s for c, s in ex["segments"])
+                         for ex in page["examples"][:3]]}
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
