@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Serializable
+from ..interpretation.sampling import rng_for
 from ..io import BitlensError, atomic_dir, file_fingerprint, write_json, write_manifest
 from . import dashboard_pages as pages
 from .feature_data import coder_pass, feature_bits, neighbours, summarise_feature
@@ -235,8 +236,6 @@ def run_dashboard(cfg: DashboardConfig, echo: Callable[[str], None] = lambda lin
             feats[j] = summarise_feature(j, state, float(rate[j]), tokens, n_t, texts, seed=cfg.seed,
                                          n_examples=cfg.examples, n_contrast=cfg.contrasts, top_rows=top_rows)
             if cfg.neighbours:
-                from ..interpretation.sampling import rng_for
-
                 neigh[j] = neighbours(j, np.flatnonzero(state), cp.packed, n_minority, off, live,
                                       rng_for(cfg.seed, j, "neighbours"), k=cfg.neighbours)
     timings["features"] = time.perf_counter() - t0
