@@ -266,7 +266,8 @@ def run_dashboard(cfg: DashboardConfig, echo: Callable[[str], None] = lambda lin
     timings["logit_lens"] = time.perf_counter() - t0
 
     settings = store.manifest.get("settings", {})
-    header = {**cp.stats, "architecture": coder.architecture, "binary": bool(getattr(coder, "binary", False)),
+    stats = {k: v for k, v in cp.stats.items() if k != "covariance"}  # not computed (cofiring=False)
+    header = {**stats, "architecture": coder.architecture, "binary": bool(getattr(coder, "binary", False)),
               "coder": str(cfg.coder), "store": str(cfg.store), "layer": key, "n_live": int(len(live_ids)),
               "n_store_tokens": store.n_tokens, "outliers_left_out": int(store.n_tokens - n),
               "model": (settings.get("model") or {}).get("name"), "hist_kind": cp.hist_kind,
