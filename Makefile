@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install assets test synth demo clean
+.PHONY: install assets browser test synth demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(PY) scripts/setup_assets.py
 
-test: assets
+# headless Chromium for the dashboard's browser test (Debian package; installed only where missing, needs root or sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: assets browser
 	$(PY) -m pytest
 
 demo: assets

@@ -25,6 +25,14 @@ def test_demo_pipeline(tmp_path, capsys):
         assert 0 < feat["firing_rate"] < 0.99 and feat["top_tokens"]
     printed = capsys.readouterr().out
     assert "FVU" in printed and "entropy" in printed
+    # the demo ends with distinctive features (with examples) and the dashboard's path
+    assert printed.rstrip().splitlines()[-1] == f"dashboard: {out / 'dashboard' / 'index.html'}"
+    assert (out / "dashboard" / "index.html").is_file() and summary["distinctive_features"]
+    assert "distinctive features" in printed and "⟦" in printed
+    first = summary["distinctive_features"][0]
+    assert first["why"] == "lexical F1" and first["lexical_f1"] == max(
+        f["lexical_f1"] for f in json.loads((out / "dashboard" / "dashboard.json").read_text())["features"]
+        if f["n_minority"] >= 20 and min(f["rate"], 1 - f["rate"]) <= 0.05)
     # rerunning resumes: the store is complete and the training run is already finished
     assert main(args) == 0
 

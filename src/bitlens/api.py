@@ -149,3 +149,29 @@ def splice(model: Any, coder: torch.nn.Module, layer: int, positions: str = "all
     lm = model if isinstance(model, LoadedModel) else wrap_model(model, need_tokenizer=False)
     with spliced(lm, coder, layer, positions):
         yield
+
+
+def demo(cfg: Any = None, echo: Any = None) -> dict[str, Any]:
+    """``bitlens demo``: extract, train a BAE and summarise (``experiments.demo``), then, unless
+    ``cfg.dashboard`` is off, write the feature dashboard into ``OUT/dashboard`` and pick a handful of distinctive
+    features from it. Returns the summary (also in ``OUT/summary.json``); ``experiments.demo.report`` formats it."""
+    import logging
+
+    from .experiments.demo import DemoConfig, distinctive, run_demo
+    from .io import write_json
+
+    cfg = cfg or DemoConfig()
+    echo = echo or logging.getLogger("bitlens.experiments.demo").info
+    summary = run_demo(cfg, echo=echo)
+    if cfg.dashboard:
+        from .report.dashboard import DashboardConfig, run_dashboard
+
+        out = Path(cfg.out)
+        echo("[4/4] writing the feature dashboard")
+        dash = run_dashboard(DashboardConfig(coder=str(out / "bae"), store=str(out / "activations"),
+                                             out=str(out / "dashboard"), seed=cfg.seed, device=cfg.device,
+                                             progress=cfg.progress), echo=echo)
+        summary["dashboard"] = str(dash.index)
+        summary["distinctive_features"] = distinctive(dash.summary["features"], cfg.show)
+        write_json(out / "summary.json", summary)
+    return summary

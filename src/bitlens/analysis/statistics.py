@@ -54,8 +54,9 @@ def firing_frequencies(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 
 
 @torch.no_grad()
 def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
-                   chunk: int = 8192) -> CoderEvaluation:
-    """``coder_statistics`` plus the per-feature firing frequencies."""
+                   chunk: int = 8192, cofiring: bool = True) -> CoderEvaluation:
+    """``coder_statistics`` plus the per-feature firing frequencies. ``cofiring=False`` skips the width x width
+    co-firing counts (``covariance`` is then NaN): they dominate the cost at large widths."""
     device = next(model.parameters()).device
     targets = rows if targets is None else targets
     if targets.shape[0] != rows.shape[0]:
@@ -73,10 +74,11 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         x_hat = model.decode(code)
         x = targets[start:start + chunk].float()
         active = (code != 0).to(torch.int8).cpu()
-        # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
-        chunk_gram = int_mm(active.T, active).long()
         fires = active.sum(0, dtype=torch.float64) if fires is None else fires + active.sum(0, dtype=torch.float64)
-        gram = chunk_gram if gram is None else gram + chunk_gram
+        if cofiring:
+            # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
+            chunk_gram = int_mm(active.T, active).long()
+            gram = chunk_gram if gram is None else gram + chunk_gram
         xd, xh = x.double().cpu(), x_hat.double().cpu()
         sum_x += xd.sum(0)
         sum_xx += xd.pow(2).sum()
@@ -86,8 +88,11 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
-    cov = (gram.double() - n * torch.outer(f, f)) / max(n - 1, 1)
-    cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
+    if cofiring:
+        cov = (gram.double() - n * torch.outer(f, f)) / max(n - 1, 1)
+        cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
+    else:
+        cov_pen = torch.tensor(float("nan"))
     const_on = f == 1
     stats = {
         "n_rows": n,

@@ -163,8 +163,22 @@ def _report_decompress(cfg, path) -> None:
     print(f"wrote {path}")
 
 
-def _report_demo(cfg, summary) -> None:
-    pass  # the demo reports as it goes
+def _report_dashboard(cfg, result) -> None:
+    print(f"dashboard: {result.index} ({result.summary['header']['n_live']} live features; open it in a browser)")
+
+
+def _register_demo(p, defaults) -> None:
+    from ..experiments.demo import DemoConfig
+
+    add_config(p, DemoConfig, "cfg", title=f"{p.prog} options")
+
+
+def _run_demo(args, argv) -> int:
+    from ..api import demo
+    from ..experiments.demo import DemoConfig, report
+
+    print(report(demo(read_config(args, DemoConfig, "cfg"))))
+    return 0
 
 
 # ---- entropy layers | positions | icl ----------------------------------------------------------------------------
@@ -223,13 +237,16 @@ COMMANDS = [
             resumable_hint="continue with the same command plus --resume"),
     Command("synth", "Synthetic known-entropy benchmark: one BAE per r bits, estimated vs true entropy.",
             _register_synth, _run_synth),
-    Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features.",
-            *_single("..experiments.demo", "DemoConfig", "run_demo", _report_demo)),
+    Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features, "
+            "write the feature dashboard.", _register_demo, _run_demo),
     Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
             "statistics and splicing.", *_single("..experiments.compare", "CompareConfig", "run_compare",
                                                  _report_compare)),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
             *_single("..interpretation.pipeline", "InterpretConfig", "run_interpret", _report_interpret)),
+    Command("dashboard", "Static HTML feature browser for a coder: sortable index and one page per live feature "
+            "(examples, contrasts, tokens, neighbours, logit lens).",
+            *_single("..report.dashboard", "DashboardConfig", "run_dashboard", _report_dashboard)),
     Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
             _register_entropy, _run_entropy),
     Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
