@@ -154,7 +154,7 @@ def test_interpretation_and_compare_inputs(html_store, tmp_path):
 def test_cli_errors(html_store, tmp_path, capsys):
     store, bae, _ = html_store
     assert main(["dashboard", "--store", str(store)]) == 2
-    assert "give --coder" in capsys.readouterr().err
+    assert "required: --coder" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "precious.txt").write_text("keep me")
