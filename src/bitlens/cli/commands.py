@@ -19,10 +19,10 @@ class Command:
     run: Callable[[argparse.Namespace, list[str]], int | None]
 
 
-def _add_training_options(p) -> None:
+def _add_training_options(p, loss: LossConfig | None = None) -> None:
     p.add_arguments(BAEConfig, dest="bae")
     p.add_arguments(TrainConfig, dest="train")
-    p.add_arguments(LossConfig, dest="loss")
+    p.add_arguments(LossConfig, dest="loss", default=loss)
 
 
 def _explicit(argv: list[str], *configs) -> set[str]:
@@ -87,7 +87,8 @@ def _run_train(args, argv) -> int:
               file=sys.stderr)
     _, stats = train_bae(tr, va, args.out, bae, train, loss, resume=args.resume, resume_overrides=overrides,
                          inputs=inputs)
-    print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
+    target = f" (target {stats['target_fvu']:g})" if "target_fvu" in stats else " (fixed weights)"
+    print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}{target}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
           f"checkpoint in {args.out}/checkpoint")
     return 0
@@ -98,8 +99,10 @@ def _register_synth(p) -> None:
     from ..analysis.synth_benchmark import SynthConfig
 
     p.add_argument("--out", default="runs/synth", metavar="DIR", help="output folder (synth.json, synth.png, one run per r)")
+    from ..training.config import synth_loss
+
     p.add_arguments(SynthConfig, dest="synth")
-    _add_training_options(p)
+    _add_training_options(p, synth_loss())  # --target-fvu: above the family's noise floor (SYNTH_TARGET_FVU)
 
 
 def _run_synth(args, argv) -> int:
@@ -108,7 +111,9 @@ def _run_synth(args, argv) -> int:
     bae, train, loss = _configs(args, argv)
     args.synth.bit_list()  # validate before any work
     summary = run_synth(args.synth, args.out, bae, train, loss)
-    print(f"max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, max FVU = {summary['max_fvu']:.4f}; "
+    print(f"family {args.synth.family}: max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, "
+          f"max relative error {summary['max_rel_error']:.1%}, max FVU = {summary['max_fvu']:.4f} "
+          f"(target {summary['target_fvu_above_floor']:g} above the noise floor); "
           f"wrote {args.out}/synth.json and {args.out}/synth.png")
     return 0
 

@@ -20,15 +20,15 @@ def apply_paper_preset(bae: BAEConfig, train: TrainConfig, loss: LossConfig,
                        keep: set[str] = frozenset()) -> tuple[BAEConfig, TrainConfig, LossConfig]:
     """The official recipe: raw inputs and per-element MSE, weights 1e-7, entropy on after a quarter of training
     (500 of the official 2000 epochs) with a hard switch, covariance from the start, ``official`` surrogate,
-    Adam 5e-4 at constant LR. Field names in ``keep`` (set explicitly by the user) are left alone."""
+    PyTorch's initialisation, fixed weights (no target FVU), Adam 5e-4 at constant LR. Field names in ``keep`` (set explicitly by the user) are left alone."""
     def put(obj, **values):
         return dataclasses.replace(obj, **{k: v for k, v in values.items() if k not in keep})
 
     total = train.steps
-    return (put(bae, surrogate="official"),
+    return (put(bae, surrogate="official", init="torch"),
             put(train, lr=5e-4, lr_decay=0.0),
             put(loss, preset="paper", entropy_weight=1e-7, cov_weight=1e-7, entropy_start=total // 4,
-                entropy_ramp=0, cov_start=0, cov_ramp=0))
+                entropy_ramp=0, cov_start=0, cov_ramp=0, target_fvu=0.0))
 
 
 def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae: BAEConfig | None = None,
@@ -95,6 +95,9 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     # fit() evaluates at its last step; a resumed run that was already finished has not evaluated yet
     val = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} or trainer.evaluate()
     final = {"step": trainer.step, **val}
+    if trainer.controller is not None:  # the operating point this run was trained to, next to the one it reached
+        final.update(target_fvu=trainer.controller.target, fvu_running=trainer.controller.fvu_running,
+                     entropy_weight_final=trainer.loss_cfg.entropy_weight * trainer.controller.scale)
     write_json(out_dir / "final_metrics.json", final)
     return trainer.model.eval(), final
 

@@ -4,11 +4,13 @@ The trainer never sees where rows come from (an array in memory, a file, the act
 trains: the objective comes from ``objectives.OBJECTIVES`` by the coder's architecture (the BAE's is its fused
 fast step). Batches are row tensors, or (input, target) pairs for transcoders. Batch order is a pure function of
 (seed, epoch), and the checkpoint holds the weights, Adam's state and the step, so a resumed run repeats an
-uninterrupted one bit for bit.
+uninterrupted one bit for bit. With a target FVU (``LossConfig.target_fvu``) the trainer also runs the dual-ascent
+controller of ``dual.py``, whose state is part of the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -27,6 +29,7 @@ from ..data.sources import RowSource
 from ..io import BitlensError
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
+from .dual import controller_for
 from .schedules import cosine_tail
 
 CHECKPOINT = "checkpoint"
@@ -35,13 +38,16 @@ METRICS = "metrics.jsonl"
 
 def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
     """A fresh BAE for rows like ``sample`` [n, d]: seeded init; for scale_free also the input scale and a
-    decoder bias at the (normalised) data mean, so training starts from the mean predictor's error."""
+    decoder bias at the (normalised) data mean, so training starts from the mean predictor's error; with
+    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``)."""
     torch.manual_seed(seed)
     model = BinaryAutoencoder(cfg)
     if loss.preset == "scale_free":
         model.fit_input_scale(sample)
         with torch.no_grad():
             model.decoder.bias.copy_((sample / model.input_scale).mean(0))
+    if cfg.init == "sparse":
+        model.sparse_start(sample, cfg.init_rate)
     return model
 
 
@@ -106,13 +112,17 @@ class Trainer:
         self.step = 0
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         self._running: dict[str, float] = {}
+        self.controller = controller_for(loss)
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
-                "architecture": self.model.architecture,
-                "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
+        state = {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
+                 "architecture": self.model.architecture,
+                 "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
+        if self.controller is not None:
+            state["dual"] = self.controller.state()
+        return state
 
     def save(self) -> Path:
         folder = self.out_dir / CHECKPOINT
@@ -148,6 +158,8 @@ class Trainer:
                       variance=state["variance"])
         restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
         trainer.step = state["step"]
+        if trainer.controller is not None and "dual" in state:
+            trainer.controller.load(state["dual"])
         trainer._truncate_metrics()
         return trainer
 
@@ -190,10 +202,13 @@ class Trainer:
                     x = _to(next(batches), self.device)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
-                    terms = objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    terms = objective(self.model, x, self._step_loss(), self.variance, self.step, self.total_steps)
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
                     self.opt.step()
+                    if self.controller is not None:
+                        self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
+                                               or terms.cov_weight > 0)
                     self.step += 1
                     bar.update(1)
                     self._accumulate(terms)
@@ -212,6 +227,14 @@ class Trainer:
         self.save()
         self.model.eval()
         return last
+
+    def _step_loss(self) -> Any:
+        """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
+        if self.controller is None:
+            return self.loss_cfg
+        s = self.controller.scale
+        return dataclasses.replace(self.loss_cfg, entropy_weight=self.loss_cfg.entropy_weight * s,
+                                   cov_weight=self.loss_cfg.cov_weight * s)
 
     def _accumulate(self, terms) -> None:
         """Running sums of the tensor-valued loss terms (weights and other plain numbers are not logged)."""
@@ -240,6 +263,10 @@ class Trainer:
         n = max(r.pop("n", 1), 1)
         record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
         record.update({f"train/{k}": v / n for k, v in r.items()})
+        if self.controller is not None:  # the dual state after this step: running FVU, weight and lambda = 1/scale
+            record["train/fvu_running"] = self.controller.fvu_running
+            record["train/entropy_weight"] = self.loss_cfg.entropy_weight * self.controller.scale
+            record["train/lambda"] = 1 / self.controller.scale
         record.update({f"val/{k}": v for k, v in self.evaluate().items()})
         with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
