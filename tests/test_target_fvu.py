@@ -60,7 +60,11 @@ def test_target_sets_the_direction_of_the_weight(tmp_path, target, direction):
     for key in ("train/fvu_running", "train/entropy_weight", "train/lambda"):
         assert key in records[-1]
     assert stats["target_fvu"] == target
-    assert math.copysign(1, math.log(stats["entropy_weight_final"] / loss.entropy_weight)) == direction
+    weights = [r["train/entropy_weight"] for r in records]
+    if direction > 0:  # a loose target: bits are bought too dearly at the start, so the weight has to rise
+        assert max(weights) > loss.entropy_weight
+    else:  # an unreachable one: the weight only falls
+        assert weights[-1] < min(weights[:-1]) < loss.entropy_weight
     fixed, _ = train_bae(tr, va, tmp_path / "f", cfg=TrainConfig(**{**CFG, "steps": 20}), loss=LossConfig(target_fvu=0))
     assert "train/entropy_weight" not in read_metrics(tmp_path / "f")[-1]
 

@@ -16,7 +16,7 @@ from .analysis.entropy import estimate_entropy
 from .analysis.features import firing_rates, frequent_features, show_token
 from .config import Serializable
 from .io import BitlensError, write_json
-from .training.config import LossConfig, TrainConfig
+from .training.config import DEFAULT_TARGET_FVU, LossConfig, TrainConfig
 from .training.run import encode_all, train_bae
 
 
@@ -42,11 +42,13 @@ class DemoConfig(Serializable):
     """How many of the most frequent non-constant features to report."""
     eval_tokens: int = 50_000
     """Validation tokens used for the report."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of the BAE: its entropy is minimised subject to FVU <= F (dual ascent on the entropy weight);
+    0 = the fixed weights below."""
     entropy_weight: float = 1.0
-    """Entropy weight (scale_free, per unit). Lower than the library default of 10, which is calibrated on the
-    synthetic benchmark and leaves most units dead on LLM states (see BENCHMARKS.md)."""
+    """Entropy weight (scale_free, per unit): the starting weight with a target FVU, else the fixed one."""
     cov_weight: float = 100.0
-    """Covariance weight (scale_free, per pair); library default 1000."""
+    """Covariance weight (scale_free, per pair); scaled with the entropy weight under a target FVU."""
 
 
 def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
          f"{train_rows.n_rows} tokens; validation on {val_rows.n_rows} tokens of held-out documents")
     train_cfg = TrainConfig(steps=cfg.steps, seed=cfg.seed, eval_every=max(1, cfg.steps // 6),
                             eval_rows=cfg.eval_tokens, checkpoint_every=max(1, cfg.steps // 3))
-    loss_cfg = LossConfig(entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
+    loss_cfg = LossConfig(target_fvu=cfg.target_fvu, entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
     resume = _check_previous_run(out / "bae", train_cfg, loss_cfg)
     model, stats = train_bae(train_rows, val_rows, out / "bae", cfg=train_cfg, loss=loss_cfg, resume=resume,
                              inputs={"store": str(store_dir), "store_fingerprint": store.manifest.get("fingerprint"),
@@ -84,7 +86,7 @@ def run_demo(cfg: DemoConfig, echo=lambda line: print(line, flush=True)) -> dict
     summary = {
         "n_tokens": store.n_tokens, "n_train_tokens": train_rows.n_rows, "n_eval_tokens": int(rows.shape[0]),
         "layer": layer, "d": store.dim, "d_prime": model.width,
-        "fvu": stats["fvu"], "cosine": stats["cosine"], "mse": stats["mse"],
+        "target_fvu": cfg.target_fvu, "fvu": stats["fvu"], "cosine": stats["cosine"], "mse": stats["mse"],
         "entropy_bits": entropy.marginal_bits, "entropy_bits_corrected": entropy.marginal_bits_corrected,
         "l0": stats["l0"], "dead": stats["dead"], "constant_on": stats["constant_on"], "dense": stats["dense"],
         "near_constant_on": int(((rates >= 0.99) & (rates < 1)).sum()),

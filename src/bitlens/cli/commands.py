@@ -186,6 +186,7 @@ def _entropy_analyses():
     from ..analysis.icl import ICLConfig, run_icl
     from ..analysis.layers import LayersConfig, run_layers
     from ..analysis.positions import PositionsConfig, run_positions
+    from ..experiments.rd import RDConfig, run_rd
 
     return {
         "layers": ("Entropy, FVU and L0 of each layer, one BAE per layer on the same tokens.", LayersConfig,
@@ -194,6 +195,8 @@ def _entropy_analyses():
                       PositionsConfig, run_positions),
         "icl": ("Entropy of the last prompt token against the number of ICL demonstrations, with ICL accuracy.",
                 ICLConfig, run_icl),
+        "rd": ("Entropy-distortion curve: one BAE per target FVU and seed, bits vs achieved FVU, the knee and the "
+               "Gaussian rate-distortion reference.", RDConfig, run_rd),
     }
 
 
@@ -218,6 +221,13 @@ def _run_entropy(args, argv) -> int:
                   f"(corrected {row['entropy_bits_corrected']:.1f}), "
                   f"FVU {row['fvu']:.3f}, L0 {row['l0']:.1f}")
         print(f"wrote {out}/layers.json and {out}/layers.png")
+    elif args.analysis == "rd":
+        for p in summary["points"]:
+            print(f"target {p['target_fvu']:.3f}: FVU {p['fvu']:.4f} ± {p['fvu_std']:.4f}, "
+                  f"{p['entropy_bits']:.1f} ± {p['entropy_bits_std']:.1f} bits, {p['ratio_to_gaussian']:.2f}x the "
+                  f"Gaussian R(D), dead {p['dead']:.0f}, constant-on {p['constant_on']:.0f}")
+        knee = "none" if summary["knee_bits"] is None else f"{summary['knee_bits']:.1f} bits at FVU {summary['knee_fvu']:.3f}"
+        print(f"knee: {knee}; wrote {out}/rd.json and {out}/rd.png")
     elif args.analysis == "positions":
         for entry in summary["layers"]:
             curve = ", ".join(f"{c['position']}:{c['entropy_bits']:.0f}" for c in entry["positions"])
@@ -279,7 +289,8 @@ COMMANDS = [
             "statistics and splicing.", _register_compare, _run_compare),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
             _register_interpret, _run_interpret),
-    Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
+    Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations, and "
+            "the entropy-distortion curve (rd).",
             _register_entropy, _run_entropy),
     Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
             _register_compress, _run_compress),

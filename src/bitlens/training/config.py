@@ -48,10 +48,12 @@ class LossConfig(Serializable):
     cov_weight: float = 100.0
     """Weight of the covariance term (per off-diagonal pair for scale_free; raw sum for paper); with a target FVU
     the multiplier scales it together with the entropy weight, so only their ratio is fixed."""
-    dual_lr: float = 0.01
-    """Target FVU: step of the log-multiplier per training step and unit of relative error (FVU_run - F) / F."""
-    fvu_horizon: int = 100
-    """Target FVU: steps of the exponential moving average of the training FVU that drives the multiplier."""
+    dual_lr: float = -1.0
+    """Target FVU: step of the log-multiplier per training step and unit of relative error (FVU_run - F) / F;
+    -1 = 10 / total steps (the controller's time scales follow the length of training)."""
+    fvu_horizon: int = -1
+    """Target FVU: steps of the moving average of the training FVU that drives the multiplier; -1 = a thirtieth
+    of the training steps (at least 10)."""
     entropy_threshold: float = 0.0
     """Entropy floor in bits: below it the entropy term is a gradient-free 0 (official option; 0 = off)."""
     entropy_start: int = -1
@@ -72,8 +74,8 @@ class LossConfig(Serializable):
             raise ValueError(f"target_fvu must be in [0, 1) (0 = fixed weights), got {self.target_fvu}")
         if self.target_fvu > 0 and self.entropy_weight <= 0:
             raise ValueError("target_fvu scales the entropy weight, so it must be > 0")
-        if self.dual_lr < 0 or self.fvu_horizon < 1:
-            raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1")
+        if (self.dual_lr < 0 and self.dual_lr != -1) or (self.fvu_horizon < 1 and self.fvu_horizon != -1):
+            raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1 (or -1: set from the training length)")
 
 
 def paper_loss() -> LossConfig:

@@ -68,8 +68,10 @@ class FVUController:
         self.updates = int(state["updates"])
 
 
-def controller_for(loss: Any) -> FVUController | None:
-    """The controller a loss config asks for (a BAE ``LossConfig`` with ``target_fvu > 0``), else None."""
+def controller_for(loss: Any, total_steps: int) -> FVUController | None:
+    """The controller a loss config asks for (a BAE ``LossConfig`` with ``target_fvu > 0``), else None.
+    ``dual_lr`` / ``fvu_horizon`` of -1 scale with the run: 10 / total_steps and total_steps / 30 (>= 10), so a
+    400-step analysis BAE and an 8000-step benchmark BAE see the same controller relative to their length."""
     target = getattr(loss, "target_fvu", 0.0) or 0.0
     if target <= 0:
         return None
@@ -78,4 +80,6 @@ def controller_for(loss: Any) -> FVUController | None:
 
         raise BitlensError("a target FVU needs the scale_free preset (its reconstruction term is the FVU); "
                            "set --target-fvu 0 with --preset paper")
-    return FVUController(target=target, dual_lr=loss.dual_lr, horizon=loss.fvu_horizon)
+    dual_lr = 10 / max(total_steps, 1) if loss.dual_lr == -1 else loss.dual_lr
+    horizon = max(10, total_steps // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon
+    return FVUController(target=target, dual_lr=dual_lr, horizon=horizon)

@@ -112,7 +112,7 @@ class Trainer:
         self.step = 0
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         self._running: dict[str, float] = {}
-        self.controller = controller_for(loss)
+        self.controller = controller_for(loss, self.total_steps)
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
