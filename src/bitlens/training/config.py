@@ -123,6 +123,13 @@ class TrainConfig(Serializable):
     """Write a resumable checkpoint every this many steps (and at the end, and on Ctrl-C)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
+    revive_every: int = 0
+    """BAE only: every this many steps re-initialise the units that are dead or constant-on on a sample of training
+    rows, towards rows with high reconstruction error (revival.py; logged in revival.jsonl). 0 = never."""
+    revive_until: float = 0.7
+    """Fraction of training after which no unit is revived (revived units need steps to settle)."""
+    revive_rows: int = 8192
+    """Training rows on which units are judged dead or constant-on and from which revived units are drawn."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -135,3 +142,5 @@ class TrainConfig(Serializable):
             raise ValueError("set steps >= 1 or epochs > 0")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.revive_every < 0 or not 0 <= self.revive_until <= 1 or self.revive_rows < 2:
+            raise ValueError("revive_every must be >= 0, revive_until in [0, 1], revive_rows >= 2")

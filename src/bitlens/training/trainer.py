@@ -34,6 +34,7 @@ from .schedules import cosine_tail
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
+REVIVALS = "revival.jsonl"
 
 
 def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
@@ -113,6 +114,8 @@ class Trainer:
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         self._running: dict[str, float] = {}
         self.controller = controller_for(loss, self.total_steps)
+        self._revived = 0
+        self._revive_rows: torch.Tensor | None = None
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
@@ -165,11 +168,11 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop logged lines past the checkpoint's step so a resumed run does not duplicate them."""
-        path = self.out_dir / METRICS
-        if not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        for path in (self.out_dir / METRICS, self.out_dir / REVIVALS):
+            if not path.exists():
+                continue
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(ln + "\n" for ln in keep))
 
     # ---- loop --------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[torch.Tensor]:
@@ -210,6 +213,7 @@ class Trainer:
                         self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
                                                or terms.cov_weight > 0)
                     self.step += 1
+                    self._maybe_revive()
                     bar.update(1)
                     self._accumulate(terms)
                     if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
@@ -227,6 +231,20 @@ class Trainer:
         self.save()
         self.model.eval()
         return last
+
+    def _maybe_revive(self) -> None:
+        every = self.cfg.revive_every
+        if (not every or self.model.architecture != "bae" or self.step % every
+                or self.step > self.cfg.revive_until * self.total_steps):
+            return
+        from .revival import revive_units
+
+        if self._revive_rows is None:
+            self._revive_rows = self.train_rows.rows(self.cfg.revive_rows)
+        rev = revive_units(self.model, self.opt, self._revive_rows, self.model.cfg.init_rate, self.step, self.cfg.seed)
+        self._revived += len(rev.units)
+        with open(self.out_dir / REVIVALS, "a") as f:
+            f.write(json.dumps(rev._asdict()) + "\n")
 
     def _step_loss(self) -> Any:
         """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
@@ -263,6 +281,8 @@ class Trainer:
         n = max(r.pop("n", 1), 1)
         record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
         record.update({f"train/{k}": v / n for k, v in r.items()})
+        if self.cfg.revive_every:
+            record["train/revived"], self._revived = self._revived, 0
         if self.controller is not None:  # the dual state after this step: running FVU, weight and lambda = 1/scale
             record["train/fvu_running"] = self.controller.fvu_running
             record["train/entropy_weight"] = self.loss_cfg.entropy_weight * self.controller.scale
