@@ -82,7 +82,7 @@ def planted_code(family: str, n: int, dim: int, features: int, seed: int = 0,
         raise ValueError(f"the superposed family needs more features than dimensions (got {features} <= {dim})")
     sigma = (NOISY_STD if family == "noisy" else 0.0) if noise < 0 else noise
     lo, hi = FAMILY_RATES[family]
-    rates = torch.logspace(math.log10(lo), math.log10(hi), features) if features > 1 else torch.tensor([hi])
+    rates = torch.logspace(math.log10(lo), math.log10(hi), features) if lo != hi else torch.full((features,), hi)
     g = torch.Generator().manual_seed(seed)
     directions = torch.randn(features, dim, generator=g)
     directions = directions / directions.norm(dim=1, keepdim=True)

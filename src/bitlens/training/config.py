@@ -91,8 +91,9 @@ def llm_loss(target_fvu: float = DEFAULT_TARGET_FVU) -> LossConfig:
 
 
 def synth_loss(target_fvu: float = SYNTH_TARGET_FVU) -> LossConfig:
-    """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the noise floor)."""
-    return LossConfig(target_fvu=target_fvu)
+    """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the noise floor),
+    starting from the weights 10 / 1000 that the fixed-weight benchmark was calibrated with (BENCHMARKS.md)."""
+    return LossConfig(target_fvu=target_fvu, entropy_weight=10.0, cov_weight=1000.0)
 
 
 @dataclass
