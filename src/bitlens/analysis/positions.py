@@ -136,7 +136,8 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
     positions = sorted(by_position)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, command="entropy positions", config={**cfg.to_dict(), "loss": llm_loss(cfg.target_fvu).to_dict()},
+    write_manifest(out, command="entropy positions",
+                   config={**cfg.to_dict(), "loss": llm_loss(cfg.target_fvu).to_dict()},
                    seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store),
                                                      "store_settings": store.manifest.get("settings")})
     per_layer = []

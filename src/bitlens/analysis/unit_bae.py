@@ -71,8 +71,8 @@ def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTrai
     resume = (folder / "checkpoint" / "trainer_state.json").is_file()
     model, stats = train_bae(train, val, folder, BAEConfig(expansion=how.expansion), cfg, llm_loss(how.target_fvu),
                              resume=resume, inputs=inputs)
-    result: dict[str, Any] = {"target_fvu": how.target_fvu, "fvu": stats.get("fvu"), "l0": stats.get("l0"), "cosine": stats.get("cosine"),
-                              "mse": stats.get("mse"), "dead": stats.get("dead"),
+    result: dict[str, Any] = {"target_fvu": how.target_fvu, "fvu": stats.get("fvu"), "l0": stats.get("l0"),
+                              "cosine": stats.get("cosine"), "mse": stats.get("mse"), "dead": stats.get("dead"),
                               "constant_on": stats.get("constant_on"), "steps": stats.get("step"),
                               "train_rows": train.n_rows, "val_rows": val.n_rows}
     for name, rows in entropy_sets.items():

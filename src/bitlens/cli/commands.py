@@ -226,7 +226,8 @@ def _run_entropy(args, argv) -> int:
             print(f"target {p['target_fvu']:.3f}: FVU {p['fvu']:.4f} ± {p['fvu_std']:.4f}, "
                   f"{p['entropy_bits']:.1f} ± {p['entropy_bits_std']:.1f} bits, {p['ratio_to_gaussian']:.2f}x the "
                   f"Gaussian R(D), dead {p['dead']:.0f}, constant-on {p['constant_on']:.0f}")
-        knee = "none" if summary["knee_bits"] is None else f"{summary['knee_bits']:.1f} bits at FVU {summary['knee_fvu']:.3f}"
+        knee = ("none" if summary["knee_bits"] is None
+                else f"{summary['knee_bits']:.1f} bits at FVU {summary['knee_fvu']:.3f}")
         print(f"knee: {knee}; wrote {out}/rd.json and {out}/rd.png")
     elif args.analysis == "positions":
         for entry in summary["layers"]:

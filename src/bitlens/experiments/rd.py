@@ -142,13 +142,15 @@ def _data(cfg: RDConfig):
         store = ActivationStore(cfg.store)
         layer = store.default_layer(None if cfg.layer < 0 else cfg.layer)
         train, val = store.split(cfg.val_fraction, 0, layer)
-        return train, val, val.rows(cfg.eval_tokens, seed=0), {"store": str(cfg.store), "layer": layer, "store_settings": store.manifest.get("settings")}
+        inputs = {"store": str(cfg.store), "layer": layer, "store_settings": store.manifest.get("settings")}
+        return train, val, val.rows(cfg.eval_tokens, seed=0), inputs
     from ..data.sources import load_activations, split_rows
     from ..io import file_fingerprint
 
     x = load_activations(cfg.activations)
     train, val = split_rows(x, cfg.val_fraction, 0)
-    return train, val, val.rows(cfg.eval_tokens), {"activations": str(cfg.activations), "sha256": file_fingerprint(cfg.activations)}
+    inputs = {"activations": str(cfg.activations), "sha256": file_fingerprint(cfg.activations)}
+    return train, val, val.rows(cfg.eval_tokens), inputs
 
 
 def run_rd(cfg: RDConfig, echo=lambda line: print(line, flush=True)) -> dict[str, Any]:
@@ -181,7 +183,8 @@ def run_rd(cfg: RDConfig, echo=lambda line: print(line, flush=True)) -> dict[str
         bits = np.array([r["entropy_bits"] for r in runs])
         g = gaussian_rate(eigenvalues, float(fvus.mean()))
         points.append({
-            "target_fvu": target, "fvu": float(fvus.mean()), "fvu_std": float(fvus.std(ddof=1)) if len(runs) > 1 else 0.0,
+            "target_fvu": target, "fvu": float(fvus.mean()),
+            "fvu_std": float(fvus.std(ddof=1)) if len(runs) > 1 else 0.0,
             "entropy_bits": float(bits.mean()),
             "entropy_bits_std": float(bits.std(ddof=1)) if len(runs) > 1 else 0.0,
             "dead": float(np.mean([r["dead"] for r in runs])),
@@ -222,7 +225,8 @@ def plot_rd(summary: dict[str, Any], path: str | Path) -> None:
     for p in pts:
         ax.axvline(p["target_fvu"], color="0.85", lw=0.8, zorder=0)
     if summary["knee_bits"] is not None:
-        ax.plot([summary["knee_fvu"]], [summary["knee_bits"]], "r*", ms=14, label=f"knee: {summary['knee_bits']:.1f} bits")
+        ax.plot([summary["knee_fvu"]], [summary["knee_bits"]], "r*", ms=14,
+                label=f"knee: {summary['knee_bits']:.1f} bits")
     ax.set_xlabel("FVU (held-out)")
     ax.set_ylabel("entropy (bits per vector)")
     ax.set_yscale("log")

@@ -25,7 +25,8 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
     if not records:
         return
     steps = [r["step"] for r in records]
-    panels = [("FVU", ["val/fvu", "train/fvu_running"], "log"), ("entropy, bits", ["val/entropy_bits", "train/entropy_bits"], "linear"),
+    panels = [("FVU", ["val/fvu", "train/fvu_running"], "log"),
+              ("entropy, bits", ["val/entropy_bits", "train/entropy_bits"], "linear"),
               ("L0 (active bits / token)", ["val/l0"], "linear"), ("covariance penalty", ["val/covariance"], "log"),
               ("units", ["val/dead", "val/constant_on", "val/dense"], "linear"), ("train loss", ["train/loss"], "log")]
     if any("train/entropy_weight" in r for r in records):

@@ -40,8 +40,8 @@ class LossConfig(Serializable):
     preset: Preset = "scale_free"
     """scale_free (normalised inputs, FVU-like recon, entropy per unit, covariance per pair) or paper (raw official)."""
     target_fvu: float = DEFAULT_TARGET_FVU
-    """Target FVU F (scale_free only; --preset paper sets 0): minimise entropy + covariance subject to FVU <= F, both weights scaled by a
-    multiplier adapted by dual ascent on the running training FVU. 0 = fixed weights."""
+    """Target FVU F (scale_free only; --preset paper sets 0): minimise entropy + covariance subject to FVU <= F,
+    both weights scaled by a multiplier adapted by dual ascent on the running training FVU. 0 = fixed weights."""
     entropy_weight: float = 1.0
     """Weight of the entropy term (per unit of d' for scale_free; raw bits for paper); with a target FVU, the
     starting weight (the multiplier then adapts it)."""

@@ -9,10 +9,10 @@ noisy batch value, and is updated in log space so it stays positive:
     fvu_running <- fvu_running + (fvu_batch - fvu_running) / min(horizon, batches seen)
     log s       <- log s - dual_lr * clip((fvu_running - F) / F, -1, 1)
 
-(the plain mean until ``horizon`` batches have been seen; the relative error makes the step size free of F; the clip bounds how fast the weight moves when the model is far
-from the target, e.g. right after the warm-up). The weight rises while the reconstruction is better than the target
+(the plain mean until ``horizon`` batches have been seen; the relative error makes the step size free of F; the
+clip bounds how fast the weight moves when the model is far from the target, e.g. right after the warm-up). The weight rises while the reconstruction is better than the target
 (bits are bought too dearly) and falls while it is worse. Updates start when the entropy term switches on: during the
-reconstruction-only warm-up the FVU says nothing about the price of a bit. The state is two floats, saved in the
+reconstruction-only warm-up the FVU says nothing about the price of a bit. The state is a few numbers, saved in the
 trainer's checkpoint, so a resumed run repeats the uninterrupted one exactly.
 """
 

@@ -20,7 +20,8 @@ def apply_paper_preset(bae: BAEConfig, train: TrainConfig, loss: LossConfig,
                        keep: set[str] = frozenset()) -> tuple[BAEConfig, TrainConfig, LossConfig]:
     """The official recipe: raw inputs and per-element MSE, weights 1e-7, entropy on after a quarter of training
     (500 of the official 2000 epochs) with a hard switch, covariance from the start, ``official`` surrogate,
-    PyTorch's initialisation, fixed weights (no target FVU), Adam 5e-4 at constant LR. Field names in ``keep`` (set explicitly by the user) are left alone."""
+    PyTorch's initialisation, fixed weights (no target FVU), Adam 5e-4 at constant LR. Field names in ``keep`` (set
+    explicitly by the user) are left alone."""
     def put(obj, **values):
         return dataclasses.replace(obj, **{k: v for k, v in values.items() if k not in keep})
 
