@@ -84,7 +84,8 @@ def _run_train(args, argv) -> int:
     stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer, key=inputs.key or None,
                       keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss, resume=inputs.resume,
                       resume_overrides=overrides, allow_new_data=inputs.allow_new_data)
-    print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}, "
+    target = f" (target {stats['target_fvu']:g})" if "target_fvu" in stats else " (fixed weights)"
+    print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}{target}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
           f"checkpoint in {inputs.out}/checkpoint")
     return 0
@@ -104,7 +105,10 @@ def _register_synth(p, defaults) -> None:
 
     add_config(p, SynthOutput, "synth_out", title="output")
     add_config(p, SynthConfig, "synth", title="synthetic data")
-    _add_training_options(p, defaults)
+    from ..training.config import synth_loss
+
+    # --target-fvu here is the FVU allowed above each planted code's noise floor (SYNTH_TARGET_FVU)
+    _add_training_options(p, {**synth_loss().to_dict(), **defaults})
 
 
 def _run_synth(args, argv) -> int:
@@ -112,8 +116,12 @@ def _run_synth(args, argv) -> int:
 
     out = read_config(args, SynthOutput, "synth_out").out
     bae, train, loss = _training_configs(args)
-    summary = run_synth(read_config(args, SynthConfig, "synth"), out, bae, train, loss)
-    print(f"max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, max FVU = {summary['max_fvu']:.4f}; "
+    synth = read_config(args, SynthConfig, "synth")
+    synth.bit_list()  # validate before any work
+    summary = run_synth(synth, out, bae, train, loss)
+    print(f"family {synth.family}: max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, "
+          f"max relative error {summary['max_rel_error']:.1%}, max FVU = {summary['max_fvu']:.4f} "
+          f"(target {summary['target_fvu_above_floor']:g} above the noise floor); "
           f"wrote {out}/synth.json and {out}/synth.png")
     return 0
 
@@ -189,6 +197,16 @@ def _report_layers(cfg, summary) -> None:
     print(f"wrote {cfg.out}/layers.json and {cfg.out}/layers.png")
 
 
+def _report_rd(cfg, summary) -> None:
+    for p in summary["points"]:
+        print(f"target {p['target_fvu']:.3f}: FVU {p['fvu']:.4f} ± {p['fvu_std']:.4f}, "
+              f"{p['entropy_bits']:.1f} ± {p['entropy_bits_std']:.1f} bits, {p['ratio_to_gaussian']:.2f}x the "
+              f"Gaussian R(D), dead {p['dead']:.0f}, constant-on {p['constant_on']:.0f}")
+    knee = ("none" if summary["knee_bits"] is None
+            else f"{summary['knee_bits']:.1f} bits at FVU {summary['knee_fvu']:.3f}")
+    print(f"knee: {knee}; wrote {cfg.out}/rd.json and {cfg.out}/rd.png")
+
+
 def _report_positions(cfg, summary) -> None:
     for entry in summary["layers"]:
         curve = ", ".join(f"{c['position']}:{c['entropy_bits']:.0f}" for c in entry["positions"])
@@ -214,6 +232,8 @@ ENTROPY_ANALYSES = {
                   _single("..experiments.positions", "PositionsConfig", "run_positions", _report_positions)),
     "icl": ("Entropy of the last prompt token against the number of ICL demonstrations, with ICL accuracy.",
             _single("..experiments.icl", "ICLConfig", "run_icl", _report_icl)),
+    "rd": ("Entropy-distortion curve: one BAE per target FVU and seed, bits vs achieved FVU, the knee and the "
+           "Gaussian rate-distortion reference.", _single("..experiments.rd", "RDConfig", "run_rd", _report_rd)),
 }
 
 
@@ -247,7 +267,8 @@ COMMANDS = [
     Command("dashboard", "Static HTML feature browser for a coder: sortable index and one page per live feature "
             "(examples, contrasts, tokens, neighbours, logit lens).",
             *_single("..report.dashboard", "DashboardConfig", "run_dashboard", _report_dashboard)),
-    Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations.",
+    Command("entropy", "Information analyses: entropy across layers, token positions and ICL demonstrations, and "
+            "the entropy-distortion curve (rd).",
             _register_entropy, _run_entropy),
     Command("compress", "Store hidden states as BAE codes (bit-packed and sparse files) and report bits vs error.",
             *_single("..experiments.compress", "CompressConfig", "run_compress", _report_compress)),

@@ -8,6 +8,8 @@ Callers always see the original space: ``encode`` takes raw states, ``decode`` r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -32,12 +34,22 @@ class BAEConfig(Serializable):
     """Backward of the step: identity (straight-through), sigmoid, paper (x(1-x)), official (g(1-g))."""
     tau: float = 0.3
     """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation (inputs scaled to E||x||^2 = d)."""
+    init: Literal["sparse", "torch"] = "sparse"
+    """Starting point: sparse (unit-norm encoder rows tied to the decoder directions, each unit's bias at the
+    (1 - init_rate) quantile of its pre-activation, so about init_rate of the units fire at step 0) or torch
+    (PyTorch's default uniform init of both layers, zero-mean biases: the start before issue 12, for ablations)."""
+    init_rate: float = 0.03
+    """With init sparse: fraction of the training rows on which each unit fires at step 0."""
 
     def __post_init__(self) -> None:
         if self.d_in < 0 or self.expansion < 1 or self.d_code < 0:
             raise ValueError("d_in, d_code must be >= 0 and expansion >= 1")
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.init not in ("sparse", "torch"):
+            raise ValueError(f"unknown init {self.init!r}; choose sparse or torch")
+        if not 0 < self.init_rate < 1:
+            raise ValueError(f"init_rate must be in (0, 1), got {self.init_rate}")
 
     @property
     def width(self) -> int:
@@ -63,6 +75,23 @@ class BinaryAutoencoder(Coder):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """[..., d'] pre-activations -> binary codes (0.0/1.0) carrying the surrogate gradient."""
         return binarize(pre, self.cfg.surrogate, self.cfg.tau)
+
+    @torch.no_grad()
+    def sparse_start(self, x: torch.Tensor, rate: float) -> None:
+        """The sparse start on a sample x [n, d] of raw rows (input scale already fitted).
+
+        Encoder rows become the unit-norm decoder directions (the decoder keeps its random init), and each unit's
+        bias is set at the (1 - rate) quantile of its pre-activation on x, so each unit fires on a fraction ``rate``
+        of the rows at step 0. Without it (PyTorch's init) about half of the units fire on every row and a strong
+        entropy price first has to switch most of them off, which leaves many constant-on or dead.
+        """
+        direction = self.decoder.weight.t()  # [d', d]
+        rows = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.encoder.weight.copy_(rows)
+        pre = (x[:8192] / self.input_scale) @ rows.t()  # [n, d']
+        threshold = torch.quantile(pre.float(), 1 - rate, dim=0)
+        if self.encoder.bias is not None:
+            self.encoder.bias.copy_(-threshold)
 
     @torch.no_grad()
     def fit_input_scale(self, x: torch.Tensor) -> float:

@@ -9,7 +9,8 @@ Stages, each cached in the output folder so an interrupted run resumes without r
 3. splicing into the LM on held-out documents (``splice.json``);
 4. ``compare.json`` (list ``coders``), ``compare.md`` (the table), ``frequencies.png``, ``units.png``.
 
-Coders (d' = 4d for all): ``bae`` (llm_loss() weights), ``relu_sae`` (ReLU + L1), ``topk_sae`` (ReLU then TopK),
+Coders (d' = 4d for all): ``bae`` (``llm_loss``: trained to ``--target-fvu``), ``relu_sae`` (ReLU + L1),
+``topk_sae`` (ReLU then TopK),
 ``jumprelu_sae`` (learned thresholds, L0), ``random`` (random features at the BAE's firing rates, trained
 decoder), ``transcoder`` (MLP input -> MLP output of block L; ``transcoder_variant=official``: MLP input of block
 L-1 -> hidden_states[L] with an identity activation, as the official code). A JSON ``--config`` file overrides any
@@ -31,6 +32,7 @@ import torch
 
 from ..config import Serializable
 from ..io import BitlensError, write_json, write_manifest, write_text
+from ..training.config import DEFAULT_TARGET_FVU
 
 CoderName = Literal["bae", "relu_sae", "topk_sae", "jumprelu_sae", "random", "transcoder"]
 CODERS: tuple[str, ...] = typing.get_args(CoderName)
@@ -62,6 +64,9 @@ class CompareConfig(Serializable):
     """Next-token predictions per spliced variant (held-out documents); 0 = no splicing."""
     splice_positions: Literal["all", "last"] = "all"
     """Splice at all positions, or the last position only (the official script)."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of the BAE (minimum entropy subject to FVU <= F, by dual ascent); the SAEs keep their sparsity
+    weights. 0 = the fixed weights 1 / 100."""
     steps: int = 0
     """Training steps for every coder (0 = the per-coder defaults: bae 3000, SAEs and transcoder 2500, random 1000)."""
     seed: int = 0
@@ -106,7 +111,7 @@ def coder_plans(cfg: CompareConfig, overrides: dict[str, Any]) -> list[CoderPlan
         train = TrainConfig(steps=steps, seed=cfg.seed, eval_every=max(1, steps // 5), eval_tokens=8192,
                             checkpoint_every=max(1, steps // 5), device=cfg.device, progress=cfg.progress)
         if name == "bae":
-            coder, loss = BAEConfig(), llm_loss()
+            coder, loss = BAEConfig(), llm_loss(cfg.target_fvu)
         elif name == "random":
             coder, loss = RandomConfig(seed=cfg.seed), SparsityConfig()
         elif name == "transcoder" and cfg.transcoder_variant == "official":

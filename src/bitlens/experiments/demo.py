@@ -18,7 +18,7 @@ from ..analysis.features import firing_rates, frequent_features
 from ..data.text import show_token
 from ..config import Serializable
 from ..io import write_json
-from ..training.config import LossConfig, TrainConfig
+from ..training.config import DEFAULT_TARGET_FVU, LossConfig, TrainConfig
 from ..training.run import encode_all, resume_or_refuse, train_bae
 
 
@@ -49,11 +49,13 @@ class DemoConfig(Serializable):
     """Write the feature dashboard into OUT/dashboard at the end (about 2 minutes on 2 cores)."""
     eval_tokens: int = 50_000
     """Validation tokens used for the report."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of the BAE: its entropy is minimised subject to FVU <= F (dual ascent on the entropy weight);
+    0 = the fixed weights below."""
     entropy_weight: float = 1.0
-    """Entropy weight (scale_free, per unit). Lower than the library default of 10, which is calibrated on the
-    synthetic benchmark and leaves most units dead on LLM states (see BENCHMARKS.md)."""
+    """Entropy weight (scale_free, per unit): the starting weight with a target FVU, else the fixed one."""
     cov_weight: float = 100.0
-    """Covariance weight (scale_free, per pair); library default 1000."""
+    """Covariance weight (scale_free, per pair); scaled with the entropy weight under a target FVU."""
     val_fraction: float = 0.1
     """Fraction of documents held out for validation and the report."""
     device: str = "cpu"
@@ -85,7 +87,7 @@ def run_demo(cfg: DemoConfig, echo=logging.getLogger(__name__).info) -> dict[str
     train_cfg = TrainConfig(steps=cfg.steps, seed=cfg.seed, eval_every=max(1, cfg.steps // 6),
                             eval_tokens=cfg.eval_tokens, checkpoint_every=max(1, cfg.steps // 3),
                             val_fraction=cfg.val_fraction, device=cfg.device, progress=cfg.progress)
-    loss_cfg = LossConfig(entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
+    loss_cfg = LossConfig(target_fvu=cfg.target_fvu, entropy_weight=cfg.entropy_weight, cov_weight=cfg.cov_weight)
     resume = resume_or_refuse(out / "bae", {"train": train_cfg.settings(), "loss": loss_cfg.to_dict()}, "BAE") != "new"
     model, stats = train_bae(train_rows, val_rows, out / "bae", cfg=train_cfg, loss=loss_cfg, resume=resume,
                              inputs={"store": str(store_dir), "store_fingerprint": store.manifest.get("fingerprint"),
@@ -99,7 +101,7 @@ def run_demo(cfg: DemoConfig, echo=logging.getLogger(__name__).info) -> dict[str
     summary = {
         "n_tokens": store.n_tokens, "n_train_tokens": train_rows.n_rows, "n_eval_tokens": int(rows.shape[0]),
         "layer": layer, "d": store.dim, "d_prime": model.width,
-        "fvu": stats["fvu"], "cosine": stats["cosine"], "mse": stats["mse"],
+        "target_fvu": cfg.target_fvu, "fvu": stats["fvu"], "cosine": stats["cosine"], "mse": stats["mse"],
         "entropy_bits": entropy.marginal_bits, "entropy_bits_corrected": entropy.marginal_bits_corrected,
         "l0": stats["l0"], "dead": stats["dead"], "constant_on": stats["constant_on"], "dense": stats["dense"],
         "near_constant_on": int(((rates >= 0.99) & (rates < 1)).sum()),

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..config import Serializable
 from ..data.icl_tasks import TaskName
 from ..io import BitlensError, atomic_path, write_json, write_manifest
-from ..training.config import llm_loss
+from ..training.config import DEFAULT_TARGET_FVU, llm_loss
 from .unit_bae import UnitTraining, fit_unit
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class ICLConfig(Serializable):
     """Each example's text is cut to this many characters (at a word boundary)."""
     steps: int = 300
     """Training steps of each (task, layer) BAE."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of every BAE (minimum entropy subject to FVU <= F, by dual ascent), so all bits are read at one
+    stated reconstruction; 0 = the fixed weights 1 / 100."""
     batch_size: int = 256
     """Rows per BAE training step."""
     forward_batch: int = 8
@@ -156,7 +159,7 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
                 if bad:
                     raise BitlensError(f"layer {bad[0]} out of range: the model has layers 0..{lm.n_layers}")
                 write_manifest(out, command="entropy icl", config={**cfg.to_dict(), "layers": layers,
-                                                                   "loss": llm_loss().to_dict()},
+                                                                   "loss": llm_loss(cfg.target_fvu).to_dict()},
                                seeds={"seed": cfg.seed}, inputs={"model": lm.describe()})
             prompts = make_prompts(task, queries, pool, k, cfg.seed, cfg.fixed_demonstrations)
             label_ids = label_token_ids(lm.tokenizer, task.labels)
@@ -177,7 +180,8 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
         truth = np.array([task.labels.index(q.label) for q in queries])
         accuracy = [{"k": k, "accuracy": float((per_k[k][1].argmax(1) == truth).mean())} for k in ks]
         acc_by_k = {a["k"]: a["accuracy"] for a in accuracy}
-        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device)
+        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                           target_fvu=cfg.target_fvu)
         layer_rows = []
         for li, layer in enumerate(tqdm(layers, desc=f"{name}: BAEs", unit="layer", disable=not cfg.progress)):
             pooled = torch.from_numpy(np.concatenate([per_k[k][0][:, li] for k in ks]))

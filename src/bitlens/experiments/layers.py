@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import Serializable
 from ..io import BitlensError, write_json, write_manifest
-from ..training.config import llm_loss
+from ..training.config import DEFAULT_TARGET_FVU, llm_loss
 from .unit_bae import UnitTraining, fit_unit
 
 
@@ -37,6 +37,9 @@ class LayersConfig(Serializable):
     """BAE training steps per layer (batch 512; under a minute per layer at d=576 on 2 cores)."""
     batch_size: int = 512
     """Rows per training step."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of every BAE (minimum entropy subject to FVU <= F, by dual ascent), so all bits are read at one
+    stated reconstruction; 0 = the fixed weights 1 / 100."""
     expansion: int = 4
     """Code size d' = expansion * d."""
     val_fraction: float = 0.2
@@ -68,11 +71,11 @@ def run_layers(cfg: LayersConfig) -> dict[str, Any]:
         raise BitlensError(f"layer {missing[0]} is not in store {cfg.store} (layers: {store.layers})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, command="entropy layers", config={**cfg.to_dict(), "loss": llm_loss().to_dict()},
+    write_manifest(out, command="entropy layers", config={**cfg.to_dict(), "loss": llm_loss(cfg.target_fvu).to_dict()},
                    seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store),
                                                      "store_settings": store.manifest.get("settings")})
     how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
-                       device=cfg.device)
+                       device=cfg.device, target_fvu=cfg.target_fvu)
     rows_out = []
     for layer in tqdm(layers, desc="layers", unit="layer", disable=not cfg.progress):
         train, val = store.split(cfg.val_fraction, cfg.seed, layer)

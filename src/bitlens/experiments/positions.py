@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import Serializable
 from ..io import BitlensError, write_json, write_manifest
-from ..training.config import llm_loss
+from ..training.config import DEFAULT_TARGET_FVU, llm_loss
 from ..analysis.saturation import detect_saturation
 from .unit_bae import UnitTraining, fit_unit
 
@@ -58,6 +58,9 @@ class PositionsConfig(Serializable):
     """Training steps of each per-position BAE."""
     shared_steps: int = 600
     """Training steps of each shared (per-layer) BAE."""
+    target_fvu: float = DEFAULT_TARGET_FVU
+    """Target FVU of every BAE (minimum entropy subject to FVU <= F, by dual ascent), so all bits are read at one
+    stated reconstruction; 0 = the fixed weights 1 / 100."""
     batch_size: int = 512
     """Rows per training step."""
     max_tokens_per_position: int = 4096
@@ -134,7 +137,8 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
     positions = sorted(by_position)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, command="entropy positions", config={**cfg.to_dict(), "loss": llm_loss().to_dict()},
+    write_manifest(out, command="entropy positions",
+                   config={**cfg.to_dict(), "loss": llm_loss(cfg.target_fvu).to_dict()},
                    seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store),
                                                      "store_settings": store.manifest.get("settings")})
     per_layer = []
@@ -148,7 +152,7 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
         index = {p: by_position[p][typical[by_position[p]]] for p in positions}
         if cfg.mode == "per_position":
             how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
-                               keep_optimizer=False, device=cfg.device)
+                               keep_optimizer=False, device=cfg.device, target_fvu=cfg.target_fvu)
             for p in positions:
                 rows = _rows(store, layer, index[p])
                 train, val = split_rows(rows, 0.1, cfg.seed)
@@ -158,7 +162,7 @@ def run_positions(cfg: PositionsConfig) -> dict[str, Any]:
                 bar.update(1)
         else:
             how = UnitTraining(steps=cfg.shared_steps, batch_size=cfg.batch_size, expansion=cfg.expansion,
-                               seed=cfg.seed, device=cfg.device)
+                               seed=cfg.seed, device=cfg.device, target_fvu=cfg.target_fvu)
             train, val = store.split(0.1, cfg.seed, layer)
             sets = {f"pos_{p}": _rows(store, layer, index[p]) for p in positions}
             result = fit_unit(out / f"layer_{layer:02d}" / "shared", train, val, how, sets,

@@ -17,7 +17,7 @@ import torch
 from ..coders.bae import BAEConfig
 from ..data.sources import RowSource
 from ..io import write_json
-from ..training.config import TrainConfig, llm_loss
+from ..training.config import DEFAULT_TARGET_FVU, TrainConfig, llm_loss
 from ..training.run import encode_all, resume_or_refuse, train_bae
 from ..analysis.entropy import estimate_entropy
 
@@ -26,12 +26,13 @@ RESULT = "result.json"
 
 @dataclass
 class UnitTraining:
-    """How each unit's BAE is trained (LLM-state loss weights from ``llm_loss()``)."""
+    """How each unit's BAE is trained (``llm_loss(target_fvu)``: minimum entropy subject to FVU <= target)."""
 
     steps: int
     batch_size: int = 512
     expansion: int = 4
     seed: int = 0
+    target_fvu: float = DEFAULT_TARGET_FVU
     keep_optimizer: bool = True  # False: drop Adam's state once the unit is finished (saves 2/3 of the disk)
     device: str = "cpu"
 
@@ -68,13 +69,13 @@ def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTrai
     cfg = TrainConfig(steps=how.steps, batch_size=min(how.batch_size, train.n_rows), seed=how.seed,
                       eval_every=max(1, how.steps // 2), checkpoint_every=max(1, how.steps // 2),
                       eval_tokens=16384, progress=False, device=how.device)
-    bae, loss = BAEConfig(expansion=how.expansion), llm_loss()
+    bae, loss = BAEConfig(expansion=how.expansion), llm_loss(how.target_fvu)
     resume = resume_or_refuse(folder, {"bae": bae.to_dict(), "train": cfg.settings(), "loss": loss.to_dict()},
                               "BAE") != "new"
     model, stats = train_bae(train, val, folder, bae, cfg, loss,
                              resume=resume, inputs=inputs)
-    result: dict[str, Any] = {"fvu": stats.get("fvu"), "l0": stats.get("l0"), "cosine": stats.get("cosine"),
-                              "mse": stats.get("mse"), "dead": stats.get("dead"),
+    result: dict[str, Any] = {"target_fvu": how.target_fvu, "fvu": stats.get("fvu"), "l0": stats.get("l0"),
+                              "cosine": stats.get("cosine"), "mse": stats.get("mse"), "dead": stats.get("dead"),
                               "constant_on": stats.get("constant_on"), "steps": stats.get("step"),
                               "train_rows": train.n_rows, "val_rows": val.n_rows}
     for name, rows in entropy_sets.items():

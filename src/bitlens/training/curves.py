@@ -9,14 +9,20 @@ from ..plotting import save_figure, subplots
 
 
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """One panel per metric against the step: FVU, entropy (bits), L0, covariance, unit counts."""
+    """One panel per metric against the step: FVU (validation, and the running training FVU of target-FVU
+    training), entropy (bits), L0, covariance, unit counts, loss, and the entropy weight set by dual ascent."""
     if not records:
         return
     steps = [r["step"] for r in records]
-    panels = [("FVU (val)", ["val/fvu"], "log"), ("entropy, bits", ["val/entropy_bits", "train/entropy_bits"], "linear"),
+    panels = [("FVU", ["val/fvu", "train/fvu_running"], "log"),
+              ("entropy, bits", ["val/entropy_bits", "train/entropy_bits"], "linear"),
               ("L0 (active bits / token)", ["val/l0"], "linear"), ("covariance penalty", ["val/covariance"], "log"),
               ("units", ["val/dead", "val/constant_on", "val/dense"], "linear"), ("train loss", ["train/loss"], "log")]
-    fig, axes = subplots(2, 3, figsize=(13, 6.5))
+    if any("train/entropy_weight" in r for r in records):
+        panels.append(("entropy weight (dual ascent)", ["train/entropy_weight"], "log"))
+    fig, axes = subplots(2, 4 if len(panels) > 6 else 3, figsize=(17 if len(panels) > 6 else 13, 6.5))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     for ax, (title, keys, scale) in zip(axes.flat, panels):
         for key in keys:
             ys = [r.get(key) for r in records]

@@ -134,6 +134,9 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     # fit() evaluates at its last step; a resumed run that was already finished has not evaluated yet
     val = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} or trainer.evaluate()
     final = {"step": trainer.step, **val}
+    if trainer.controller is not None:  # the operating point this run was trained to, next to the one it reached
+        final.update(target_fvu=trainer.controller.target, fvu_running=trainer.controller.fvu_running,
+                     entropy_weight_final=trainer.loss_cfg.entropy_weight * trainer.controller.scale)
     write_json(out_dir / "final_metrics.json", final)
     return trainer.model.eval(), final
 

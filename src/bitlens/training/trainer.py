@@ -4,11 +4,13 @@ The trainer never sees where rows come from (an array in memory, a file, the act
 trains: the objective comes from ``objectives.OBJECTIVES`` by the coder's architecture (the BAE's is its fused
 fast step). Batches are row tensors, or (input, target) pairs for transcoders. Batch order is a pure function of
 (seed, epoch), and the checkpoint holds the weights, Adam's state and the step, so a resumed run repeats an
-uninterrupted one bit for bit.
+uninterrupted one bit for bit. With a target FVU (``LossConfig.target_fvu``) the trainer also runs the dual-ascent
+controller of ``dual.py``, whose state is part of the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -28,22 +30,27 @@ from ..devices import resolve_device
 from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
+from .dual import controller_for
 from .objectives import objective_for
 from .schedules import cosine_tail
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
+REVIVALS = "revival.jsonl"
 
 
 def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
     """A fresh BAE for rows like ``sample`` [n, d]: seeded init; for scale_free also the input scale and a
-    decoder bias at the (normalised) data mean, so training starts from the mean predictor's error."""
+    decoder bias at the (normalised) data mean, so training starts from the mean predictor's error; with
+    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``)."""
     torch.manual_seed(seed)
     model = BinaryAutoencoder(cfg)
     if loss.preset == "scale_free":
         model.fit_input_scale(sample)
         with torch.no_grad():
             model.decoder.bias.copy_((sample / model.input_scale).mean(0))
+    if cfg.init == "sparse":
+        model.sparse_start(sample, cfg.init_rate)
     return model
 
 
@@ -124,13 +131,19 @@ class Trainer:
         self.step = 0
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         self._running: dict[str, float] = {}
+        self.controller = controller_for(loss, self.total_steps)
+        self._revived = 0
+        self._revive_rows: torch.Tensor | None = None
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
-                "architecture": self.model.architecture,
-                "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
+        state = {"step": self.step, "total_steps": self.total_steps, "variance": self.variance,
+                 "architecture": self.model.architecture,
+                 "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
+        if self.controller is not None:
+            state["dual"] = self.controller.state()
+        return state
 
     def save(self) -> Path:
         folder = self.out_dir / CHECKPOINT
@@ -176,16 +189,18 @@ class Trainer:
             raise BitlensError(f"{folder / 'optimizer.safetensors'}: does not fit the model "
                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         trainer.step = state["step"]
+        if trainer.controller is not None and "dual" in state:
+            trainer.controller.load(state["dual"])
         trainer._truncate_metrics()
         return trainer
 
     def _truncate_metrics(self) -> None:
         """Drop logged lines past the checkpoint's step so a resumed run does not duplicate them."""
-        path = self.out_dir / METRICS
-        if not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        for path in (self.out_dir / METRICS, self.out_dir / REVIVALS):
+            if not path.exists():
+                continue
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(ln + "\n" for ln in keep))
 
     # ---- loop --------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[torch.Tensor]:
@@ -220,7 +235,7 @@ class Trainer:
                     x = _to(next(batches), self.device)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
-                    terms = objective(self.model, x, self.loss_cfg, self.variance, self.step, self.total_steps)
+                    terms = objective(self.model, x, self._step_loss(), self.variance, self.step, self.total_steps)
                     loss = float(terms.loss.detach())  # _accumulate syncs on every term anyway
                     if not math.isfinite(loss):
                         raise BitlensError(
@@ -230,7 +245,11 @@ class Trainer:
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
                     self.opt.step()
+                    if self.controller is not None:
+                        self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
+                                               or terms.cov_weight > 0)
                     self.step += 1
+                    self._maybe_revive()
                     bar.update(1)
                     self._accumulate(terms)
                     if self.step % self.cfg.eval_every == 0 or self.step == self.total_steps:
@@ -251,6 +270,28 @@ class Trainer:
         self.save()
         self.model.eval()
         return last
+
+    def _maybe_revive(self) -> None:
+        every = self.cfg.revive_every
+        if (not every or self.model.architecture != "bae" or self.step % every
+                or self.step > self.cfg.revive_until * self.total_steps):
+            return
+        from .revival import revive_units
+
+        if self._revive_rows is None:
+            self._revive_rows = self.train_rows.rows(self.cfg.revive_rows)
+        rev = revive_units(self.model, self.opt, self._revive_rows, self.model.cfg.init_rate, self.step, self.cfg.seed)
+        self._revived += len(rev.units)
+        with open(self.out_dir / REVIVALS, "a") as f:
+            f.write(json.dumps(rev._asdict()) + "\n")
+
+    def _step_loss(self) -> Any:
+        """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
+        if self.controller is None:
+            return self.loss_cfg
+        s = self.controller.scale
+        return dataclasses.replace(self.loss_cfg, entropy_weight=self.loss_cfg.entropy_weight * s,
+                                   cov_weight=self.loss_cfg.cov_weight * s)
 
     def _accumulate(self, terms) -> None:
         """Running sums of the tensor-valued loss terms (weights and other plain numbers are not logged)."""
@@ -279,6 +320,12 @@ class Trainer:
         n = max(r.pop("n", 1), 1)
         record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
         record.update({f"train/{k}": v / n for k, v in r.items()})
+        if self.cfg.revive_every:
+            record["train/revived"], self._revived = self._revived, 0
+        if self.controller is not None:  # the dual state after this step: running FVU, weight and lambda = 1/scale
+            record["train/fvu_running"] = self.controller.fvu_running
+            record["train/entropy_weight"] = self.loss_cfg.entropy_weight * self.controller.scale
+            record["train/lambda"] = 1 / self.controller.scale
         record.update({f"val/{k}": v for k, v in self.evaluate().items()})
         with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # an undefined statistic is null

@@ -1,0 +1,239 @@
+"""`bitlens entropy rd`: the entropy–distortion curve of one set of hidden states.
+
+One BAE per (target FVU, seed), each trained to its target by dual ascent (``LossConfig.target_fvu``); every BAE
+sees the same training tokens and is measured on the same held-out tokens (the document split is fixed, the seed
+moves the initialisation and the batch order). Per target the report gives the achieved FVU and the bits (mean and
+standard deviation over seeds, and a bootstrap interval over the held-out tokens), the dead and constant-on units,
+and the ratio of the bits to the rate-distortion function of a Gaussian with the same covariance at the achieved
+FVU (reverse water-filling on the eigenvalues of the held-out covariance; by Shannon the highest R(D) of any source
+with that covariance). The knee of the curve (``knee_bits``) is where more bits stop buying FVU: for a planted code
+the truth sits there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from .unit_bae import UnitTraining, fit_unit
+from ..config import Serializable
+from ..data.synthetic import bernoulli_bits
+from ..io import BitlensError, atomic_path, write_json, write_manifest
+from ..training.config import llm_loss
+
+
+@dataclass
+class RDConfig(Serializable):
+    """Settings of `bitlens entropy rd`."""
+
+    store: str = ""
+    """Activation store (from `bitlens extract`); or give --activations."""
+    activations: str = ""
+    """Instead of a store: a 2-D float array [rows, dim] (.npy or .safetensors), split by row."""
+    layer: int | None = None
+    """Layer of the store (hidden_states[L]); none = the store's only layer."""
+    out: str = "runs/rd"
+    """Output folder: rd.json, rd.png and one BAE run per (target, seed) (finished runs are not redone)."""
+    targets: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4])
+    """Target FVUs, one BAE per target and seed."""
+    seeds: int = 3
+    """Seeds per target (initialisation and batch order; the split is the same for all)."""
+    steps: int = 3000
+    """Training steps of each BAE (batch 512)."""
+    batch_size: int = 512
+    """Rows per training step."""
+    expansion: int = 4
+    """Code size d' = expansion * d."""
+    val_fraction: float = 0.1
+    """Fraction of the documents (rows, for --activations) held out: bits, FVU and the Gaussian R(D) use them."""
+    eval_tokens: int = 20000
+    """At most this many held-out tokens for the bits."""
+    bootstrap: int = 200
+    """Bootstrap resamples of the held-out tokens for each run's interval on the bits (0 = none)."""
+
+    def __post_init__(self) -> None:
+        if not self.targets or min(self.targets) <= 0 or max(self.targets) >= 1:
+            raise ValueError("targets must be FVUs in (0, 1)")
+        if self.seeds < 1 or self.steps < 1 or self.eval_tokens < 2 or self.bootstrap < 0:
+            raise ValueError("seeds and steps must be >= 1, eval_tokens >= 2, bootstrap >= 0")
+
+
+# ---- the Gaussian reference -----------------------------------------------------------------------------------
+def gaussian_rate(eigenvalues: Sequence[float] | np.ndarray, fvu: float) -> float:
+    """Bits per vector of a Gaussian with these covariance eigenvalues at distortion FVU (reverse water-filling).
+
+    R(D) = sum_i max(0, 1/2 log2(l_i / theta)) with theta solving sum_i min(theta, l_i) = D = fvu * sum_i l_i.
+    """
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
+    total = lam.sum()
+    if fvu >= 1 or total <= 0:
+        return 0.0
+    if fvu <= 0:
+        return math.inf
+    target = fvu * total
+    lo, hi = 0.0, float(lam.max())
+    for _ in range(200):  # bisection: sum(min(theta, l)) is increasing in theta
+        mid = (lo + hi) / 2
+        if np.minimum(mid, lam).sum() < target:
+            lo = mid
+        else:
+            hi = mid
+    theta = (lo + hi) / 2
+    pos = lam > theta
+    return float(0.5 * np.log2(lam[pos] / theta).sum())
+
+
+def covariance_eigenvalues(rows: torch.Tensor) -> np.ndarray:
+    """Eigenvalues of the covariance of rows [n, d] (float64)."""
+    x = rows.double()
+    x = x - x.mean(0)
+    return torch.linalg.eigvalsh(x.T @ x / max(x.shape[0] - 1, 1)).clamp_min(0).numpy()
+
+
+# ---- the knee -------------------------------------------------------------------------------------------------
+class Knee(NamedTuple):
+    index: int
+    fvu: float
+    bits: float
+
+
+def find_knee(fvu: Sequence[float], bits: Sequence[float]) -> Knee | None:
+    """The knee of a bits-vs-FVU curve: the point farthest below the chord between its ends, both axes scaled to
+    [0, 1] (Kneedle). Past it, towards lower FVU, bits grow faster than the FVU falls. None with < 3 points or when
+    no point lies below the chord (a straight or concave curve has no knee)."""
+    if len(fvu) < 3:
+        return None
+    order = np.argsort(fvu)
+    f, b = np.asarray(fvu, float)[order], np.asarray(bits, float)[order]
+    fs = (f - f[0]) / max(f[-1] - f[0], 1e-12)
+    bs = (b - b.min()) / max(b.max() - b.min(), 1e-12)
+    chord = bs[0] + (bs[-1] - bs[0]) * fs
+    below = chord - bs  # the curve is convex decreasing: the knee is the deepest point under the chord
+    i = int(np.argmax(below))
+    if below[i] <= 1e-9:
+        return None
+    return Knee(int(order[i]), float(f[i]), float(b[i]))
+
+
+def bootstrap_bits(codes: torch.Tensor, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """2.5% and 97.5% quantiles of the marginal bits sum_j H_b(p_j) over Poisson-bootstrap resamples of the rows
+    of codes [n, d']."""
+    g = torch.Generator().manual_seed(seed)
+    c = codes.float()
+    weights = torch.poisson(torch.ones(resamples, c.shape[0]), generator=g)
+    p = (weights @ c) / weights.sum(1, keepdim=True).clamp_min(1)
+    h = bernoulli_bits(p).sum(1)
+    lo, hi = torch.quantile(h, torch.tensor([0.025, 0.975], dtype=h.dtype)).tolist()
+    return lo, hi
+
+
+# ---- the runner -----------------------------------------------------------------------------------------------
+def _data(cfg: RDConfig):
+    if bool(cfg.store) == bool(cfg.activations):
+        raise BitlensError("the rate-distortion curve needs exactly one of a store and an activation file")
+    if cfg.store:
+        from ..data.store import ActivationStore
+
+        store = ActivationStore(cfg.store)
+        layer = store.default_layer(cfg.layer)
+        train, val = store.split(cfg.val_fraction, 0, layer)
+        inputs = {"store": str(cfg.store), "layer": layer, "store_settings": store.manifest.get("settings")}
+        return train, val, val.rows(cfg.eval_tokens, seed=0), inputs
+    from ..data.sources import load_activations, split_rows
+    from ..io import file_fingerprint
+
+    x = load_activations(cfg.activations)
+    train, val = split_rows(x, cfg.val_fraction, 0)
+    inputs = {"activations": str(cfg.activations), "sha256": file_fingerprint(cfg.activations)}
+    return train, val, val.rows(cfg.eval_tokens), inputs
+
+
+def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, Any]:
+    from ..training.run import encode_all
+
+    train, val, eval_rows, inputs = _data(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, command="entropy rd", config={**cfg.to_dict(), "loss": llm_loss().to_dict()},
+                   seeds={"seeds": list(range(cfg.seeds)), "split_seed": 0}, inputs=inputs)
+    eigenvalues = covariance_eigenvalues(eval_rows)
+    points = []
+    for target in sorted(cfg.targets):
+        runs = []
+        for seed in range(cfg.seeds):
+            folder = out / f"fvu_{target:.3f}" / f"seed_{seed}"
+            how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=seed,
+                               target_fvu=target)
+            result = fit_unit(folder, train, val, how, {"": eval_rows}, inputs=inputs)
+            if cfg.bootstrap and "entropy_bits_ci95" not in result:
+                from ..coders.registry import load
+
+                codes = encode_all(load(folder / "checkpoint"), eval_rows)
+                result["entropy_bits_ci95"] = list(bootstrap_bits(codes, cfg.bootstrap, seed))
+                write_json(folder / "result.json", result)
+            runs.append(result)
+            echo(f"target {target:.3f} seed {seed}: FVU {result['fvu']:.4f}, {result['entropy_bits']:.1f} bits, "
+                 f"dead {result['dead']}, constant-on {result['constant_on']}")
+        fvus = np.array([r["fvu"] for r in runs])
+        bits = np.array([r["entropy_bits"] for r in runs])
+        g = gaussian_rate(eigenvalues, float(fvus.mean()))
+        points.append({
+            "target_fvu": target, "fvu": float(fvus.mean()),
+            "fvu_std": float(fvus.std(ddof=1)) if len(runs) > 1 else 0.0,
+            "entropy_bits": float(bits.mean()),
+            "entropy_bits_std": float(bits.std(ddof=1)) if len(runs) > 1 else 0.0,
+            "dead": float(np.mean([r["dead"] for r in runs])),
+            "constant_on": float(np.mean([r["constant_on"] for r in runs])),
+            "l0": float(np.mean([r["l0"] for r in runs])),
+            "gaussian_bits": g, "ratio_to_gaussian": float(bits.mean()) / g if g > 0 else None,
+            "max_abs_fvu_error": float(np.abs(fvus - target).max()),
+            "runs": [{"seed": s, "fvu": r["fvu"], "entropy_bits": r["entropy_bits"],
+                      "entropy_bits_ci95": r.get("entropy_bits_ci95"), "dead": r["dead"],
+                      "constant_on": r["constant_on"]} for s, r in enumerate(runs)]})
+    knee = find_knee([p["fvu"] for p in points], [p["entropy_bits"] for p in points])
+    grid = np.linspace(0.01, max(0.6, max(p["fvu"] for p in points) + 0.05), 60)
+    summary = {
+        **inputs, "d": int(eval_rows.shape[1]), "d_prime": cfg.expansion * int(eval_rows.shape[1]),
+        "steps": cfg.steps, "seeds": cfg.seeds, "eval_tokens": int(eval_rows.shape[0]),
+        "points": points,
+        "knee_bits": knee.bits if knee else None, "knee_fvu": knee.fvu if knee else None,
+        "gaussian_rd": {"fvu": grid.tolist(), "bits": [gaussian_rate(eigenvalues, float(f)) for f in grid],
+                        "eigenvalues_from_tokens": int(eval_rows.shape[0])},
+    }
+    write_json(out / "rd.json", summary)
+    plot_rd(summary, out / "rd.png")
+    return summary
+
+
+def plot_rd(summary: dict[str, Any], path: str | Path) -> None:
+    """Bits against achieved FVU with seed error bars, the Gaussian R(D) reference and the knee."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    pts = summary["points"]
+    ax.errorbar([p["fvu"] for p in pts], [p["entropy_bits"] for p in pts],
+                xerr=[p["fvu_std"] for p in pts], yerr=[p["entropy_bits_std"] for p in pts],
+                fmt="o-", capsize=3, label=f"BAE (mean ± sd over {summary['seeds']} seeds)")
+    ax.plot(summary["gaussian_rd"]["fvu"], summary["gaussian_rd"]["bits"], "k--", lw=1,
+            label="Gaussian R(D), same covariance")
+    for p in pts:
+        ax.axvline(p["target_fvu"], color="0.85", lw=0.8, zorder=0)
+    if summary["knee_bits"] is not None:
+        ax.plot([summary["knee_fvu"]], [summary["knee_bits"]], "r*", ms=14,
+                label=f"knee: {summary['knee_bits']:.1f} bits")
+    ax.set_xlabel("FVU (held-out)")
+    ax.set_ylabel("entropy (bits per vector)")
+    ax.set_yscale("log")
+    ax.set_title("Entropy–distortion curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)

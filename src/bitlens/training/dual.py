@@ -1,0 +1,85 @@
+"""Target-distortion training: the dual-ascent controller of the entropy weight.
+
+The BAE minimises ``H + (w_c / w_e) D`` subject to ``FVU <= F``. With a Lagrange multiplier ``lambda`` on the
+constraint, the Lagrangian ``reg + lambda (FVU - F)`` has the same minimiser as the trainer's loss
+``FVU + s (w_e H + w_c D)`` with ``s = 1 / lambda``, so the controller scales both configured weights by ``s``.
+As in GECO (Rezende & Viola 2018), the multiplier follows a running (exponential moving average) FVU rather than the
+noisy batch value, and is updated in log space so it stays positive:
+
+    fvu_running <- fvu_running + (fvu_batch - fvu_running) / min(horizon, batches seen)
+    log s       <- log s - dual_lr * clip((fvu_running - F) / F, -1, 1)
+
+(the plain mean until ``horizon`` batches have been seen; the relative error makes the step size free of F; the
+clip bounds how fast the weight moves when the model is far from the target, e.g. right after the warm-up). The weight rises while the reconstruction is better than the target
+(bits are bought too dearly) and falls while it is worse. Updates start when the entropy term switches on: during the
+reconstruction-only warm-up the FVU says nothing about the price of a bit. The state is a few numbers, saved in the
+trainer's checkpoint, so a resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+LOG_SCALE_BOUND = math.log(1e6)  # the weight may move six decades either way from the configured start
+
+
+@dataclass
+class FVUController:
+    """Dual-ascent state for one run (see the module docstring)."""
+
+    target: float
+    dual_lr: float
+    horizon: int
+    log_scale: float = 0.0
+    fvu_running: float = float("nan")
+    seen: int = 0
+    updates: int = 0
+
+    @property
+    def scale(self) -> float:
+        """Factor on the configured entropy and covariance weights (= 1 / lambda)."""
+        return math.exp(self.log_scale)
+
+    def update(self, fvu_batch: float, penalties_on: bool) -> None:
+        """Fold one training batch's FVU into the running estimate; move the multiplier if the penalties are on."""
+        if not math.isfinite(fvu_batch):
+            return  # a diverged batch must not poison the running estimate
+        self.seen += 1
+        if self.seen == 1:
+            self.fvu_running = fvu_batch
+        else:
+            self.fvu_running += (fvu_batch - self.fvu_running) / min(self.horizon, self.seen)
+        if not penalties_on:
+            return
+        error = max(-1.0, min(1.0, (self.fvu_running - self.target) / self.target))
+        self.log_scale = max(-LOG_SCALE_BOUND, min(LOG_SCALE_BOUND, self.log_scale - self.dual_lr * error))
+        self.updates += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"log_scale": self.log_scale, "fvu_running": self.fvu_running, "seen": self.seen,
+                "updates": self.updates}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.log_scale = float(state["log_scale"])
+        self.fvu_running = float(state["fvu_running"])
+        self.seen = int(state["seen"])
+        self.updates = int(state["updates"])
+
+
+def controller_for(loss: Any, total_steps: int) -> FVUController | None:
+    """The controller a loss config asks for (a BAE ``LossConfig`` with ``target_fvu > 0``), else None.
+    ``dual_lr`` / ``fvu_horizon`` of -1 scale with the run: 10 / total_steps and total_steps / 30 (>= 10), so a
+    400-step analysis BAE and an 8000-step benchmark BAE see the same controller relative to their length."""
+    target = getattr(loss, "target_fvu", 0.0) or 0.0
+    if target <= 0:
+        return None
+    if loss.preset != "scale_free":
+        from ..io import BitlensError
+
+        raise BitlensError("a target FVU needs the scale_free preset (its reconstruction term is the FVU); "
+                           "set --target-fvu 0 with --preset paper")
+    dual_lr = 10 / max(total_steps, 1) if loss.dual_lr == -1 else loss.dual_lr
+    horizon = max(10, total_steps // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon
+    return FVUController(target=target, dual_lr=dual_lr, horizon=horizon)

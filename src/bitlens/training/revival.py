@@ -1,0 +1,80 @@
+"""Unit revival for the BAE (issue 12): re-initialise units that carry no information.
+
+Every ``TrainConfig.revive_every`` steps (until ``revive_until`` of training), the trainer encodes a fixed sample of
+training rows. A unit that never fires on it (dead) or always fires (constant-on) carries no bits. Each such unit is
+re-initialised as dictionary-learning resampling does (Bricken et al. 2023), adapted to binary codes:
+
+* a constant-on unit first folds its decoder column into the decoder bias (exact on the sample: it was always on),
+  so removing it does not change the reconstruction;
+* a row of the sample is drawn with probability proportional to its squared reconstruction error;
+* the unit's encoder row becomes that row's unit-norm residual direction, its bias the (1 - rate) quantile of the
+  projection, so it fires on a fraction ``rate`` of the sample (the sparse start's rate);
+* its decoder column becomes the mean residual of the rows it now fires on: the least-squares column for the
+  unit given the rest of the code, so the revival lowers the sample's error;
+* Adam's moments of the touched rows and columns are reset.
+
+The draw uses a generator seeded by (seed, step), so a resumed run revives exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Revival(NamedTuple):
+    step: int
+    dead: int
+    """Units that never fired on the sample before the revival."""
+    constant_on: int
+    """Units that always fired on the sample before the revival."""
+    units: list[int]
+    """The re-initialised units."""
+
+
+def _reset_adam(opt: torch.optim.Optimizer, param: torch.Tensor, index, dim: int) -> None:
+    state = opt.state.get(param)
+    if not state:
+        return
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key].index_fill_(dim, index, 0.0)
+
+
+@torch.no_grad()
+def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch.Tensor, rate: float,
+                 step: int, seed: int) -> Revival:
+    """Re-initialise the dead and constant-on units of a BAE judged on ``rows`` [n, d] (raw training rows)."""
+    xn = rows.to(model.input_scale.device) / model.input_scale
+    code = (model.encoder(xn) > 0).float()
+    fires = code.mean(0)
+    dead, const = fires == 0, fires == 1
+    units = torch.nonzero(dead | const).flatten()
+    if units.numel() == 0:
+        return Revival(step, 0, 0, [])
+    w_out, b_out = model.decoder.weight, model.decoder.bias  # [d, d'], [d]
+    on = torch.nonzero(const).flatten()
+    if on.numel():
+        b_out += w_out[:, on].sum(1)  # an always-on column is a constant: move it into the bias
+    code[:, units] = 0
+    w_out[:, units] = 0
+    err = xn - model.decoder(code)  # [n, d] residual without the units being revived
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    weight = err.pow(2).sum(1).double().cpu()
+    picks = torch.multinomial(weight / weight.sum(), units.numel(), replacement=units.numel() > weight.numel(),
+                              generator=g).to(err.device)
+    directions = err[picks]
+    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [k, d]
+    proj = xn @ directions.t()  # [n, k]
+    threshold = torch.quantile(proj, 1 - rate, dim=0)
+    firing = (proj > threshold).float()  # [n, k]
+    columns = (firing.t() @ err) / firing.sum(0).clamp_min(1).unsqueeze(1)  # [k, d]: mean residual where it fires
+    model.encoder.weight[units] = directions
+    if model.encoder.bias is not None:
+        model.encoder.bias[units] = -threshold
+        _reset_adam(opt, model.encoder.bias, units, 0)
+    w_out[:, units] = columns.t()
+    _reset_adam(opt, model.encoder.weight, units, 0)
+    _reset_adam(opt, w_out, units, 1)
+    return Revival(step, int(dead.sum()), int(const.sum()), units.tolist())

@@ -1,0 +1,65 @@
+"""Issue 12: `bitlens entropy rd` (Gaussian reverse water-filling, the knee, the bootstrap, the runner)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bitlens.cli.main import main
+from bitlens.data.synthetic import bernoulli_bits, planted_code
+from bitlens.experiments.rd import bootstrap_bits, covariance_eigenvalues, find_knee, gaussian_rate
+
+
+def test_gaussian_rate_is_reverse_water_filling():
+    assert gaussian_rate([1.0] * 8, 0.25) == pytest.approx(8 * 0.5 * math.log2(4))  # isotropic: d/2 log2(1/FVU)
+    assert gaussian_rate([1.0] * 8, 1.0) == 0 and gaussian_rate([1.0] * 8, 0.0) == math.inf
+    # eigenvalues 4 and 1, D = 1.5 of 5: the water level theta = 0.75 stays under both -> 1/2 log2(4/.75 * 1/.75)
+    assert gaussian_rate([4.0, 1.0], 0.3) == pytest.approx(0.5 * math.log2(4 / 0.75) + 0.5 * math.log2(1 / 0.75))
+    # D = 3 of 5: theta = 2 drowns the small eigenvalue, only the large one is coded
+    assert gaussian_rate([4.0, 1.0], 0.6) == pytest.approx(0.5 * math.log2(4 / 2))
+    eig = covariance_eigenvalues(torch.randn(20000, 4, generator=torch.Generator().manual_seed(0)) * 2)
+    assert eig == pytest.approx([4, 4, 4, 4], rel=0.05)
+
+
+def test_knee_is_where_bits_stop_buying_fvu():
+    fvu = [0.01, 0.015, 0.02, 0.1, 0.2, 0.3]
+    bits = [100, 40, 12.5, 11, 9.5, 8]
+    knee = find_knee(fvu, bits)
+    assert knee.bits == 12.5 and knee.fvu == 0.02 and knee.index == 2
+    assert find_knee(fvu[::-1], bits[::-1]).bits == 12.5  # order does not matter
+    assert find_knee([0.1, 0.2, 0.3], [3, 2, 1]) is None  # straight: no knee
+    assert find_knee([0.1, 0.2], [3, 1]) is None
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    codes = (torch.rand(4000, 50, generator=torch.Generator().manual_seed(1)) < torch.linspace(0.01, 0.5, 50)).to(
+        torch.uint8)
+    point = float(bernoulli_bits(codes.double().mean(0)).sum())
+    lo, hi = bootstrap_bits(codes, 200)
+    assert lo < point < hi and hi - lo < 1.5
+
+
+def test_rd_cli_writes_the_curve(tmp_path, capsys):
+    code = planted_code("nonuniform", 3000, 16, 6, seed=0)
+    np.save(tmp_path / "x.npy", code.x.numpy())
+    out = tmp_path / "rd"
+    args = ["entropy", "rd", "--activations", str(tmp_path / "x.npy"), "--targets", "0.05", "0.2", "0.5",
+            "--seeds", "2", "--steps", "60", "--batch-size", "256", "--bootstrap", "50", "--out", str(out)]
+    assert main(args) == 0
+    rd = json.loads((out / "rd.json").read_text())
+    assert [p["target_fvu"] for p in rd["points"]] == [0.05, 0.2, 0.5]
+    for p in rd["points"]:
+        for key in ("fvu", "entropy_bits", "entropy_bits_std", "dead", "constant_on", "ratio_to_gaussian"):
+            assert p[key] is not None, key
+        assert len(p["runs"]) == 2 and all(len(r["entropy_bits_ci95"]) == 2 for r in p["runs"])
+        assert p["ratio_to_gaussian"] == pytest.approx(p["entropy_bits"] / p["gaussian_bits"])
+    assert "knee_bits" in rd and len(rd["gaussian_rd"]["fvu"]) == len(rd["gaussian_rd"]["bits"])
+    assert (out / "rd.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+    # finished runs are read back, not retrained
+    before = (out / "fvu_0.050" / "seed_0" / "result.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "fvu_0.050" / "seed_0" / "result.json").stat().st_mtime_ns == before
+    assert main(["entropy", "rd", "--out", str(tmp_path / "none")]) == 2

@@ -1,0 +1,127 @@
+"""Issue 12: the sparse start, target-distortion training (dual ascent) and the planted-code families."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bitlens import BAEConfig, LossConfig, TrainConfig, train_bae
+from bitlens.cli.main import main
+from bitlens.data.sources import split_rows
+from bitlens.data.synthetic import bernoulli_bits, known_entropy_data, planted_code
+from bitlens.io import BitlensError
+from bitlens.training.dual import FVUController
+from bitlens.training.config import apply_preset
+from bitlens.training.trainer import Trainer, init_bae, read_metrics
+
+CFG = dict(steps=60, batch_size=64, eval_every=20, checkpoint_every=20, progress=False)
+
+
+def test_sparse_start_ties_directions_and_fires_at_the_rate():
+    x, _ = known_entropy_data(4096, 32, 6, seed=1, noise=0.05)
+    model = init_bae(BAEConfig(d_in=32, init_rate=0.05), x, LossConfig(), seed=0)
+    w_in, w_out = model.encoder.weight, model.decoder.weight  # [d', d], [d, d']
+    assert torch.allclose(w_in.norm(dim=1), torch.ones(128), atol=1e-5)
+    cos = (w_in * w_out.t()).sum(1) / w_out.t().norm(dim=1)
+    assert torch.allclose(cos, torch.ones(128), atol=1e-5)
+    rate = model.encode(x).mean(0)  # per unit, on the rows the quantiles came from (8192 cap > 4096)
+    assert rate.min() > 0.04 and rate.max() < 0.06
+    old = init_bae(BAEConfig(d_in=32, init="torch"), x, LossConfig(), seed=0)
+    assert old.encode(x).mean() > 0.3  # PyTorch's start fires about half the units: the case the sparse one fixes
+
+
+def test_controller_moves_the_weight_towards_the_target_and_round_trips():
+    c = FVUController(target=0.1, dual_lr=0.1, horizon=1)
+    c.update(0.5, penalties_on=False)  # warm-up: running estimate only
+    assert c.log_scale == 0 and c.fvu_running == 0.5 and c.updates == 0 and c.seen == 1
+    c.update(0.5, penalties_on=True)  # FVU above target: cheaper bits, lower weight (error clipped to 1)
+    assert c.log_scale == pytest.approx(-0.1)
+    c.update(0.05, penalties_on=True)  # FVU below target: the relative error is -0.5, so the weight rises
+    assert c.log_scale == pytest.approx(-0.05)
+    c.update(float("nan"), penalties_on=True)  # ignored
+    d = FVUController(target=0.1, dual_lr=0.1, horizon=1)
+    d.load(json.loads(json.dumps(c.state())))
+    assert d == c and d.scale == pytest.approx(math.exp(-0.05))
+
+
+def _fair(seed=3):
+    x, _ = known_entropy_data(4096, 32, 4, seed=seed)
+    return split_rows(x, 0.2, 0)
+
+
+@pytest.mark.parametrize("target, direction", [(0.6, 1), (0.0005, -1)])
+def test_target_sets_the_direction_of_the_weight(tmp_path, target, direction):
+    tr, va = _fair()
+    loss = LossConfig(target_fvu=target)
+    _, stats = train_bae(tr, va, tmp_path / "r", cfg=TrainConfig(**{**CFG, "steps": 150, "batch_size": 256}),
+                         loss=loss)
+    records = read_metrics(tmp_path / "r")
+    for key in ("train/fvu_running", "train/entropy_weight", "train/lambda"):
+        assert key in records[-1]
+    assert stats["target_fvu"] == target
+    weights = [r["train/entropy_weight"] for r in records]
+    if direction > 0:  # a loose target: bits are bought too dearly at the start, so the weight has to rise
+        assert max(weights) > loss.entropy_weight
+    else:  # an unreachable one: the weight only falls
+        assert weights[-1] < min(weights[:-1]) < loss.entropy_weight
+    fixed, _ = train_bae(tr, va, tmp_path / "f", cfg=TrainConfig(**{**CFG, "steps": 20}), loss=LossConfig(target_fvu=0))
+    assert "train/entropy_weight" not in read_metrics(tmp_path / "f")[-1]
+
+
+def test_resume_is_exact_with_the_controller(tmp_path):
+    tr, va = _fair()
+    loss = LossConfig(target_fvu=0.1, dual_lr=0.05)
+    full, _ = train_bae(tr, va, tmp_path / "full", cfg=TrainConfig(**CFG), loss=loss)
+    model = init_bae(BAEConfig(d_in=32), tr.rows(65536), loss, 0)
+    Trainer(model, tr, va, TrainConfig(**CFG), loss, tmp_path / "half").fit(until=40)
+    state = json.loads((tmp_path / "half" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["dual"]["updates"] > 0
+    resumed, _ = train_bae(tr, va, tmp_path / "half", resume=True)
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "half")
+
+
+def test_paper_preset_trains_with_fixed_weights_and_the_old_start(tmp_path):
+    bae, train, loss = apply_preset("paper", BAEConfig(), TrainConfig(steps=40), LossConfig())
+    assert loss.target_fvu == 0 and bae.init == "torch"
+    tr, va = _fair()
+    with pytest.raises(BitlensError, match="scale_free"):
+        train_bae(tr, va, tmp_path / "p", cfg=TrainConfig(**CFG), loss=LossConfig(preset="paper", target_fvu=0.1))
+
+
+@pytest.mark.parametrize("family, features", [("fair", 6), ("nonuniform", 10), ("superposed", 40), ("noisy", 5)])
+def test_planted_families_have_their_stated_entropy_and_noise_floor(family, features):
+    code = planted_code(family, 40000, 16 if family == "superposed" else 32, features, seed=2)
+    assert code.true_bits == pytest.approx(float(bernoulli_bits(code.rates).sum()))
+    empirical = float(bernoulli_bits(code.codes.mean(0)).sum())
+    assert empirical == pytest.approx(code.true_bits, rel=0.03)
+    if family == "fair":
+        assert code.true_bits == pytest.approx(6)
+        assert torch.equal(code.x, known_entropy_data(40000, 32, 6, seed=2)[0])  # the same data as before
+    if family == "superposed":
+        assert code.rates.min() >= 0.005 - 1e-9 and code.rates.max() <= 0.05 + 1e-9
+    # the noise floor: FVU of the best linear decoder of the planted bits, measured
+    if family == "noisy":
+        xc, cc = code.x - code.x.mean(0), code.codes - code.codes.mean(0)
+        resid = xc - cc @ torch.linalg.lstsq(cc, xc).solution
+        assert float(resid.pow(2).sum() / xc.pow(2).sum()) == pytest.approx(code.noise_fvu, rel=0.05)
+    else:
+        assert code.noise_fvu == 0
+    with pytest.raises(ValueError, match="more features"):
+        planted_code("superposed", 100, 16, 16)
+
+
+def test_synth_cli_family_writes_target_and_truth(tmp_path, capsys):
+    rc = main(["synth", "--family", "nonuniform", "--bits", "3", "--dim", "8", "--n", "2048", "--steps", "60",
+               "--batch-size", "256", "--no-progress", "--out", str(tmp_path / "s")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "s" / "synth.json").read_text())
+    row = summary["results"][0]
+    assert summary["target_fvu_above_floor"] == 0.02 and row["target_fvu"] == 0.02
+    assert row["true_bits"] == pytest.approx(float(bernoulli_bits(torch.logspace(math.log10(0.05), math.log10(0.5),
+                                                                                  3)).sum()))
+    assert "within_tolerance" in row and "true_bits_sample" in row
+    assert "target 0.02" in capsys.readouterr().out
+    assert main(["synth", "--family", "superposed", "--bits", "4", "--dim", "8", "--out", str(tmp_path / "x")]) == 2
