@@ -48,6 +48,8 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
 #: trainer_state.json fields and the JSON types they must have
 _STATE_FIELDS = {"step": int, "total_steps": int, "variance": (int, float), "architecture": str,
                  "train_config": dict, "loss_config": dict, "optimizer": dict}
+#: fields only some runs have: the target-FVU controller's state (dual ascent)
+_OPTIONAL_FIELDS = {"dual": dict}
 
 
 def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -61,12 +63,13 @@ def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, to
         raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(state, dict):
         raise BitlensError(f"{file}: expected a JSON object, got {type(state).__name__}")
-    unknown, missing = sorted(set(state) - set(_STATE_FIELDS)), sorted(set(_STATE_FIELDS) - set(state))
+    unknown = sorted(set(state) - set(_STATE_FIELDS) - set(_OPTIONAL_FIELDS))
+    missing = sorted(set(_STATE_FIELDS) - set(state))
     if unknown or missing:
         raise BitlensError(f"{file}: " + "; ".join(
             ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
             + ([f"missing field(s) {', '.join(missing)}"] if missing else [])))
-    for name, kind in _STATE_FIELDS.items():
+    for name, kind in [*_STATE_FIELDS.items(), *((k, t) for k, t in _OPTIONAL_FIELDS.items() if k in state)]:
         value = state[name]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BitlensError(f"{file}: {name} has the wrong type ({type(value).__name__})")

@@ -190,7 +190,10 @@ class Trainer:
                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         trainer.step = state["step"]
         if trainer.controller is not None and "dual" in state:
-            trainer.controller.load(state["dual"])
+            try:
+                trainer.controller.load(state["dual"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise BitlensError(f"{state_file}: dual: not a target-FVU controller state ({e})") from None
         trainer._truncate_metrics()
         return trainer
 
