@@ -114,7 +114,7 @@ def test_planted_families_have_their_stated_entropy_and_noise_floor(family, feat
 
 
 def test_synth_cli_family_writes_target_and_truth(tmp_path, capsys):
-    rc = main(["synth", "--family", "nonuniform", "--bits", "3", "--dim", "8", "--n", "2048", "--steps", "60",
+    rc = main(["synth", "--family", "nonuniform", "--bits", "3", "--dim", "8", "--rows", "2048", "--steps", "60",
                "--batch-size", "256", "--no-progress", "--out", str(tmp_path / "s")])
     assert rc == 0
     summary = json.loads((tmp_path / "s" / "synth.json").read_text())
