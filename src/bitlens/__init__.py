@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 (re-exported)
 
 # public name -> module that defines it (imported on first access, PEP 562)
 _EXPORTS = {

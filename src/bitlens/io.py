@@ -127,6 +127,18 @@ def npy_problem(path: str | Path, exc: BaseException) -> str:
     return "a .npy file of Python objects, which bitlens never loads" if "pickle" in text else text
 
 
+def read_json_object(file: str | Path) -> dict[str, Any]:
+    """The JSON object in ``file``; BitlensError("<file>: ...") when it is not valid JSON or not an object."""
+    file = Path(file)
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict):
+        raise BitlensError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file's bytes (hex), for manifests."""
     h = hashlib.sha256()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._version import __version__
-from ..io import BitlensError, atomic_path, safetensors_header, write_json
+from ..io import BitlensError, atomic_path, read_json_object, safetensors_header, write_json
 from .bae import BAEConfig, BinaryAutoencoder
 from .random_control import RandomConfig, RandomControl
 from .sae import JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, Transcoder
@@ -63,12 +62,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_coder_config(folder: Path) -> tuple[str, Any]:
     """(architecture, config) from ``folder/cfg.json``, every field type-checked; BitlensError("<file>: ...")."""
     file = folder / "cfg.json"
-    try:
-        meta = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(meta, dict):
-        raise BitlensError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(file)
     arch = meta.get("architecture")
     if not isinstance(arch, str) or arch not in REGISTRY:
         raise BitlensError(f"{file}: architecture must be one of {', '.join(sorted(REGISTRY))}, not {arch!r}")

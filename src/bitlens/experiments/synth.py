@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ..coders.bae import BAEConfig
 from ..config import Serializable
 from ..data.sources import split_rows
-from ..data.synthetic import FAMILIES, FAMILY_RATES, bernoulli_bits, planted_code
+from ..data.synthetic import FAMILY_RATES, bernoulli_bits, planted_code
 from ..io import BitlensError, write_json, write_manifest
 from .plots import plot_synth
 from ..training.config import LossConfig, TrainConfig, synth_loss

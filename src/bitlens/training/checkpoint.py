@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..coders.registry import save_coder
-from ..io import BitlensError, atomic_dir, safetensors_header, write_json
+from ..io import BitlensError, atomic_dir, read_json_object, safetensors_header, write_json
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -57,12 +56,7 @@ def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, to
     BitlensError("<file>: <what is wrong>") and nothing is changed."""
     folder = Path(folder)
     file = folder / "trainer_state.json"
-    try:
-        state = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(state, dict):
-        raise BitlensError(f"{file}: expected a JSON object, got {type(state).__name__}")
+    state = read_json_object(file)
     unknown = sorted(set(state) - set(_STATE_FIELDS) - set(_OPTIONAL_FIELDS))
     missing = sorted(set(_STATE_FIELDS) - set(state))
     if unknown or missing:
