@@ -56,26 +56,23 @@ def make_html_store(path: Path, n_docs: int = 12, seed: int = 0) -> Path:
     return path
 
 
-def make_bae(path: Path) -> Path:
-    model = BinaryAutoencoder(BAEConfig(d_in=D, d_code=D))
+def _identity_coder(model, path: Path, decoder_bias: float) -> Path:
+    """Feature j reads and writes coordinate j, firing above 0.25."""
     with torch.no_grad():
         model.encoder.weight.copy_(torch.eye(D))
         model.encoder.bias.fill_(-0.25)
         model.decoder.weight.copy_(torch.eye(D))
-        model.decoder.bias.zero_()
+        model.decoder.bias.fill_(decoder_bias)
     save_coder(model, path)
     return path
+
+
+def make_bae(path: Path) -> Path:
+    return _identity_coder(BinaryAutoencoder(BAEConfig(d_in=D, d_code=D)), path, 0.0)
 
 
 def make_sae(path: Path) -> Path:
-    model = ReLUSAE(SAEConfig(d_in=D, d_code=D))
-    with torch.no_grad():
-        model.encoder.weight.copy_(torch.eye(D))
-        model.encoder.bias.fill_(-0.25)
-        model.decoder.weight.copy_(torch.eye(D))
-        model.decoder.bias.fill_(0.25)
-    save_coder(model, path)
-    return path
+    return _identity_coder(ReLUSAE(SAEConfig(d_in=D, d_code=D)), path, 0.25)
 
 
 # --------------------------------------------------------------------------------------------- headless Chromium

@@ -132,8 +132,10 @@ def read_json_object(file: str | Path) -> dict[str, Any]:
     file = Path(file)
     try:
         data = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BitlensError(f"{file}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    except json.JSONDecodeError as e:
+        raise BitlensError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise BitlensError(f"{file}: not valid JSON (not UTF-8 text)") from None
     if not isinstance(data, dict):
         raise BitlensError(f"{file}: expected a JSON object, got {type(data).__name__}")
     return data

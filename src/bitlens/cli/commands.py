@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -127,24 +128,28 @@ def _run_synth(args, argv) -> int:
 
 
 # ---- commands that are one config and one runner -------------------------------------------------------------
-def _single(module: str, config: str, runner: str, report: Callable[[Any, Any], None]) -> tuple[Register, Callable]:
-    import importlib
-
+def _config_options(module: str, config: str) -> Register:
+    """Registers the fields of ``module.config`` (imported only when the parser is built) under ``args.cfg__*``."""
     def register(p, defaults) -> None:
         cls = getattr(importlib.import_module(module, __package__), config)
         add_config(p, cls, "cfg", title=f"{p.prog} options")
 
+    return register
+
+
+def _single(module: str, config: str, runner: str, report: Callable[[Any, Any], None]) -> tuple[Register, Callable]:
+    """A command that is one config and one runner: its options, and a run that reports the runner's result."""
     def run(args, argv) -> int:
         mod = importlib.import_module(module, __package__)
         cfg = read_config(args, getattr(mod, config), "cfg")
         report(cfg, getattr(mod, runner)(cfg))
         return 0
 
-    return register, run
+    return _config_options(module, config), run
 
 
 def _report_extract(cfg, out) -> None:
-    pass  # extract_main prints its own summary line
+    """Nothing to add: extract_main logs its own summary line."""
 
 
 def _report_compare(cfg, summary) -> None:
@@ -173,12 +178,6 @@ def _report_decompress(cfg, path) -> None:
 
 def _report_dashboard(cfg, result) -> None:
     print(f"dashboard: {result.index} ({result.summary['header']['n_live']} live features; open it in a browser)")
-
-
-def _register_demo(p, defaults) -> None:
-    from ..experiments.demo import DemoConfig
-
-    add_config(p, DemoConfig, "cfg", title=f"{p.prog} options")
 
 
 def _run_demo(args, argv) -> int:
@@ -258,7 +257,7 @@ COMMANDS = [
     Command("synth", "Synthetic known-entropy benchmark: one BAE per r bits, estimated vs true entropy.",
             _register_synth, _run_synth),
     Command("demo", "The whole pipeline on the embedded model and corpus: extract, train a BAE, report features, "
-            "write the feature dashboard.", _register_demo, _run_demo),
+            "write the feature dashboard.", _config_options("..experiments.demo", "DemoConfig"), _run_demo),
     Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
             "statistics and splicing.", *_single("..experiments.compare", "CompareConfig", "run_compare",
                                                  _report_compare)),

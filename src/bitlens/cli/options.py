@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from functools import lru_cache
 from typing import Any, Literal
@@ -82,10 +83,10 @@ def field_help(cls: type, name: str) -> str:
 
 
 def _strip_optional(tp: Any) -> Any:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0] if len(rest) == 1 else tp
+    """``T`` for ``T | None`` (a None default means "decided later"), else ``tp``."""
+    rest = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(rest) == 1:
+        return rest[0]
     return tp
 
 
@@ -113,8 +114,7 @@ def add_config(parser: argparse.ArgumentParser, cls: type, prefix: str, *, skip:
                                   "help": help_text.replace("%", "%%")}
         origin = typing.get_origin(tp)
         if tp is bool:
-            parser_action: Any = Flag
-            group.add_argument(option_name(f.name), action=parser_action, **kwargs)
+            group.add_argument(option_name(f.name), action=Flag, **kwargs)
             continue
         if origin is Literal:
             choices = list(typing.get_args(tp))

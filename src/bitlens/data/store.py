@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..io import BitlensError, atomic_dir, check_out_dir, npy_problem, write_json, write_text
+from ..io import BitlensError, atomic_dir, check_out_dir, npy_problem, read_json_object, write_json, write_text
 
 FORMAT = "bitlens-activation-store"
 FORMAT_VERSION = 1
@@ -297,11 +297,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     file = path / "manifest.json"
     if not file.is_file():
         raise BitlensError(f"{path} has no manifest.json: not an activation store")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BitlensError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json_object(file)
+    if manifest.get("format") != FORMAT:
         raise BitlensError(f"{file} is not a bitlens activation store manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BitlensError(f"{file} has format version {manifest.get('format_version')}; "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import Serializable
-from ..io import BitlensError, write_json, write_manifest, write_text
+from ..io import BitlensError, read_json_object, write_json, write_manifest, write_text
 from ..training.config import DEFAULT_TARGET_FVU
 
 CoderName = Literal["bae", "relu_sae", "topk_sae", "jumprelu_sae", "random", "transcoder"]
@@ -138,12 +138,7 @@ def _load_overrides(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise BitlensError(f"config file {path} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise BitlensError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict):
-        raise BitlensError(f"{path} must hold a JSON object")
+    data = read_json_object(file)
     unknown = sorted(set(data) - set(CODERS) - {"splice"})
     if unknown:
         raise BitlensError(f"{path}: unknown key(s) {', '.join(unknown)}; use coder names and splice")

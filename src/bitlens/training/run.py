@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..data.sources import RowSource
-from ..io import BitlensError, check_out_dir, write_json, write_manifest
+from ..io import BitlensError, check_out_dir, read_json_object, write_json, write_manifest
 from .curves import plot_training_curves
 from .config import LossConfig, TrainConfig
 from .trainer import CHECKPOINT, Trainer, read_metrics
@@ -34,17 +34,14 @@ def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "cod
     settings = json.loads(json.dumps(settings, default=str))
     saved_file = run / SETTINGS_FILE
     if saved_file.is_file():
-        try:
-            saved = json.loads(saved_file.read_text())
-        except ValueError:
-            raise BitlensError(f"{saved_file}: not valid JSON; remove the folder {run} to train afresh") from None
+        saved = read_json_object(saved_file)
         if saved != settings:
             changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
             raise BitlensError(f"{run} holds a {what} trained with other settings ({', '.join(changed)}): "
                                "remove it or choose another output folder")
     state_file = run / CHECKPOINT / "trainer_state.json"
     if state_file.is_file():
-        state = json.loads(state_file.read_text())
+        state = read_json_object(state_file)
         if (run / "final_metrics.json").is_file() and state.get("step", 0) >= state.get("total_steps", 1 << 62):
             return "finished"
         return "resume"
