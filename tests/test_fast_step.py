@@ -151,3 +151,15 @@ def test_fast_step_is_deterministic(monkeypatch, path):
     assert torch.equal(runs[0][0].loss, runs[1][0].loss)
     for k in runs[0][1]:
         assert torch.equal(runs[0][1][k], runs[1][1][k]), k
+
+
+@pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9)])
+def test_dense_sign_product_float_and_integer_routes_agree(monkeypatch, b, m, density):
+    """CPUs without a fast int8 GEMM take an all-fp32 route; it must give the integer route's hS exactly."""
+    h8 = _codes(b, m, density, seed=b + m).to(torch.int8)
+    n = h8.sum(0, dtype=torch.int32)
+    monkeypatch.setattr(fast_cov, "cpu_int8_is_fast", lambda: True)
+    integer = fast_cov.dense_sign_product(h8, n, block=16)
+    monkeypatch.setattr(fast_cov, "cpu_int8_is_fast", lambda: False)
+    floats = fast_cov.dense_sign_product(h8, n, block=16)
+    assert floats.dtype == torch.int32 and torch.equal(floats, integer)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .bit_products import count_mm, int_mm
+from .bit_products import count_mm, cpu_int8_is_fast, int_mm
 
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
 
@@ -36,6 +36,8 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
     Args: h8 [B, m] int8 bits; n [m] int32 counts. Returns int32 [B, m].
     """
     b, m = h8.shape
+    if h8.device.type == "cpu" and not cpu_int8_is_fast() and b * b < 2 ** 24:
+        return _dense_sign_product_float(h8, n, block)
     wide = torch.int64 if b * b >= 2 ** 31 else torch.int32  # q = B G - n n^T must not overflow
     ht8 = h8.t().contiguous()  # [m, B]: row access for the Gram's left factor
     nq = n.to(wide)
@@ -50,6 +52,29 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
         if j1 < m:  # the mirrored upper block S[J, j1:] = S[j1:, J]^T
             hs[:, j1:] += int_mm(h8[:, j0:j1], s[j1 - j0:].t())
     return hs
+
+
+def _dense_sign_product_float(h8: torch.Tensor, n: torch.Tensor, block: int) -> torch.Tensor:
+    """``dense_sign_product`` in fp32 throughout, for CPUs where the int8 GEMM is slow (``bit_products``).
+
+    Exact: every entry of B G - n n^T lies in [-B^2, B^2] (B^2 < 2^24 is checked by the caller) and every partial sum
+    of h S is an integer of magnitude <= m < 2^24. Working in floats skips the int8/int32 <-> float copies of the
+    m x m blocks, which cost as much as the GEMMs themselves when the products are fp32 anyway."""
+    b, m = h8.shape
+    hf = h8.float()
+    hft = hf.t().contiguous()
+    nf = n.float()
+    hs = torch.zeros(b, m, device=h8.device)
+    for j0 in range(0, m, block):
+        j1 = min(j0 + block, m)
+        q = hft[j0:] @ hf[:, j0:j1]  # G[j0:, J]
+        q.addr_(nf[j0:], nf[j0:j1], beta=b, alpha=-1)
+        q[: j1 - j0].fill_diagonal_(0)
+        s = q.sign_()
+        hs[:, j0:j1].addmm_(hf[:, j0:], s)
+        if j1 < m:
+            hs[:, j1:].addmm_(hf[:, j0:j1], s[j1 - j0:].t())
+    return hs.to(torch.int32)
 
 
 class RowLists(NamedTuple):
