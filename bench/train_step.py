@@ -129,7 +129,7 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
     err_loss = float((fast_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30))
     err_grad = max(float((fast_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_grads.items())
     return {"d": d, "d_prime": m, "batch": batch, "regime": regime, "l0": round(l0, 1),
-            "path": fast_step.choose_path(l0 / m),
+            "path": fast_step.choose_path(l0 / m, device_type=x.device.type),
             "naive_ms": round(ms["naive"], 2), "bitlens_ms": round(ms["bitlens"], 2), "floor_ms": round(ms["floor"], 2),
             "ratio_to_floor": round(ms["bitlens"] / ms["floor"], 3),
             "naive_ratio_to_floor": round(ms["naive"] / ms["floor"], 3),
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--force-path", choices=["dense", "sparse"], help="ablation: one path whatever the density")
     args = ap.parse_args()
     if args.force_path:
-        fast_step.SPARSE_MAX_DENSITY = 2.0 if args.force_path == "sparse" else -1.0
+        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if args.force_path == "sparse" else -1.0
     if args.threads:
         torch.set_num_threads(args.threads)
     l0_for = {576: 32, 2048: 64}

@@ -89,7 +89,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("surrogate", ["identity", "sigmoid", "paper", "official"])
 @pytest.mark.parametrize("preset", ["scale_free", "paper"])
 def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
-    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+        monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
                                                            [0.0, 3.0, 1e6], [0, 50]):
         torch.manual_seed(b + d)
@@ -116,7 +117,8 @@ def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
 @pytest.mark.parametrize("kind", ["off", "on"])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_all_bits_off_or_on(monkeypatch, kind, path):
-    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+        monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for b in (2, 16):
         torch.manual_seed(b)
         model = BinaryAutoencoder(BAEConfig(d_in=6, surrogate="sigmoid"))
@@ -132,16 +134,22 @@ def test_all_bits_off_or_on(monkeypatch, kind, path):
             torch.testing.assert_close(g[k], g_ref[k], rtol=1e-4, atol=1e-7)
 
 
-def test_auto_path_switches_on_density():
+def test_auto_path_switches_on_density(monkeypatch):
     assert fast_step.choose_path(0.01) == "sparse"
     assert fast_step.choose_path(0.5) == "dense"
     assert fast_step.choose_path(0.5, "sparse") == "sparse"
+    assert fast_step.choose_path(0.03, device_type="cuda") == "sparse"  # fast int8 products: the higher switch
+    monkeypatch.setattr(fast_step, "cpu_int8_is_fast", lambda: False)
+    assert fast_step.choose_path(0.03) == "dense"
+    monkeypatch.setattr(fast_step, "cpu_int8_is_fast", lambda: True)
+    assert fast_step.choose_path(0.03) == "sparse"
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_fast_step_is_deterministic(monkeypatch, path):
     """Bit-exact resume needs the same gradients for the same inputs."""
-    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+        monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     torch.manual_seed(0)
     model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))
     with torch.no_grad():

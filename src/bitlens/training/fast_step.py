@@ -8,7 +8,7 @@
 * the entropy gradient is a row vector, folded into the GEMM that forms dL/dh (``addmm``);
 * for sparse codes the decoder forward and its weight gradient touch only the active bits (``embedding_bag``),
   and the covariance uses row overlaps instead of the Gram matrix. Which path runs is decided per batch from the
-  measured density (``SPARSE_MAX_DENSITY``).
+  measured density (``SPARSE_MAX_DENSITY``, or ``SPARSE_MAX_DENSITY_FP32`` where the bit products run in fp32).
 
 Everything is device-agnostic (CPU int8 GEMMs; on CUDA the same calls, with a float fallback where the int8 kernel
 does not take the shape). Under autocast the encoder may run in bf16: the bits are exact in any dtype and this
@@ -23,10 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
+from ..ops.bit_products import cpu_int8_is_fast
 from ..ops.fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
 
 SPARSE_MAX_DENSITY = 0.04
-"""Use the sparse path when at most this fraction of the bits is on (measured with bench/train_step.py)."""
+"""Use the sparse path when at most this fraction of the bits is on, where the int8 GEMM is fast (CUDA, CPUs with
+AVX-512; measured with bench/train_step.py on an AVX-512 EPYC)."""
+SPARSE_MAX_DENSITY_FP32 = 0.01
+"""The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``): there the dense path
+is cheaper, so the switch sits lower. Measured with bench/train_step.py at d = 576 on an AVX2-only EPYC under load:
+at 1.4% density the dense path took 3.5x the GEMM floor against 4.2x for the sparse one; at 3.1%, 5.8x vs 10.4x."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,11 @@ class StepSpec:
     path: str = "auto"  # auto | dense | sparse
 
 
-def choose_path(density: float, path: str = "auto") -> str:
+def choose_path(density: float, path: str = "auto", device_type: str = "cpu") -> str:
     if path != "auto":
         return path
-    return "sparse" if density <= SPARSE_MAX_DENSITY else "dense"
+    fast_int8 = device_type != "cpu" or cpu_int8_is_fast()
+    return "sparse" if density <= (SPARSE_MAX_DENSITY if fast_int8 else SPARSE_MAX_DENSITY_FP32) else "dense"
 
 
 def _entropy_grad(p: torch.Tensor) -> torch.Tensor:
@@ -69,7 +76,7 @@ class _DecoderLosses(torch.autograd.Function):
         h8 = hf.to(torch.int8)
         n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
         l = hf.sum(1).to(torch.int32)
-        path = choose_path(float(n.sum()) / max(b * m, 1), spec.path)
+        path = choose_path(float(n.sum()) / max(b * m, 1), spec.path, hf.device.type)
 
         lists = lists_t = None
         if path == "sparse":
