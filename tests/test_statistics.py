@@ -20,3 +20,25 @@ def test_statistics_match_direct_definitions():
     assert abs(stats["fvu"] - fvu) < 1e-9
     assert abs(stats["l0"] - float(codes.sum(1).mean())) < 1e-9
     assert stats["dead"] == int((f == 0).sum()) and stats["constant_on"] == int((f == 1).sum())
+
+
+def test_cosine_and_norm_ratio_skip_zero_targets():
+    """A zero target row (a planted code with every feature off) has no direction: it must not blow up the
+    relative norm (it read 6e27 on the superposed family) or drag the cosine."""
+    from bitlens.analysis.statistics import evaluate_coder
+
+    class Shift(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def encode(self, x):
+            return x
+
+        def decode(self, c):
+            return c + 0.1
+
+    rows = torch.zeros(6, 3)
+    rows[:3] = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]])
+    stats = evaluate_coder(Shift(), rows, cofiring=False).stats
+    assert 1.0 < stats["relative_norm"] < 1.2 and 0.9 < stats["cosine"] < 1.0

@@ -5,7 +5,7 @@ y is the target (the input itself, or a transcoder's target rows), y_hat the cod
 
 * FVU = sum||y - y_hat||^2 / sum||y - mean(y)||^2 (variance about the mean, not about zero; a mean predictor has
   FVU 1, a perfect one 0); MSE per element in the original space;
-* cosine = mean over rows of cos(y, y_hat); relative norm = mean over rows of ||y_hat|| / ||y||;
+* cosine = mean over rows of cos(y, y_hat); relative norm = mean over rows of ||y_hat|| / ||y|| (both over the rows with y != 0);
 * a feature fires when its activation is non-zero (BAE: bit = 1; SAEs: a_j > 0, or a_j != 0 for the official
   TopK and identity transcoder whose activations can be negative); f_j = fraction of rows on which it fires;
   L0 = mean number of firing features per row; L0 minority = mean number of features in their less frequent state
@@ -67,6 +67,7 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
     sq_err = torch.zeros((), dtype=torch.float64)
     cos_sum = torch.zeros((), dtype=torch.float64)
     ratio_sum = torch.zeros((), dtype=torch.float64)
+    directed = 0  # rows with a non-zero target: cosine and norm ratio are undefined on a zero vector
     fires = None
     gram = None
     for start in range(0, n, chunk):
@@ -83,8 +84,11 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         sum_x += xd.sum(0)
         sum_xx += xd.pow(2).sum()
         sq_err += (xd - xh).pow(2).sum()
-        cos_sum += torch.nn.functional.cosine_similarity(xd, xh, dim=-1).sum()
-        ratio_sum += (xh.norm(dim=-1) / xd.norm(dim=-1).clamp_min(1e-30)).sum()
+        norms = xd.norm(dim=-1)
+        keep = norms > 0  # e.g. a planted code's all-off rows
+        directed += int(keep.sum())
+        cos_sum += torch.nn.functional.cosine_similarity(xd[keep], xh[keep], dim=-1).sum()
+        ratio_sum += (xh[keep].norm(dim=-1) / norms[keep]).sum()
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
@@ -99,8 +103,8 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         "width": int(f.numel()),
         "mse": float(sq_err / (n * d)),
         "fvu": float(sq_err / total_var.clamp_min(1e-30)),
-        "cosine": float(cos_sum / n),
-        "relative_norm": float(ratio_sum / n),
+        "cosine": float(cos_sum / max(directed, 1)),
+        "relative_norm": float(ratio_sum / max(directed, 1)),
         "entropy_bits": float(bernoulli_entropy_bits(f).sum()),
         "covariance": float(cov_pen),
         "l0": float(f.sum()),
