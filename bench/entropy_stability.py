@@ -6,7 +6,9 @@ Trains, all at the same target FVU (default: the library's ``DEFAULT_TARGET_FVU`
   * seed 0 at d' = 8d: ``width_rel_change`` = |bits(8d) - bits(4d)| / bits(4d) (both at the target, so at the
     same achieved FVU up to the controller's tolerance, which is reported next to it);
 and gives every estimate a 95% bootstrap interval over the held-out tokens. Targets: seed_cv <= 2%,
-steps_rel_change <= 3%, width_rel_change <= 5%. Finished runs are read back, so an interrupted bench resumes.
+steps_rel_change <= 3%, width_rel_change <= 5%. Finished runs are read back, so an interrupted bench resumes; the
+seed runs are named as `bitlens entropy rd` names them, so ``--out RD_DIR/fvu_0.200`` reuses an rd run's BAEs at
+the same target and steps instead of training them again.
 
     python bench/entropy_stability.py --store runs/demo/activations --layer 15 --json runs/bench/stability.json
 """
@@ -60,7 +62,7 @@ def main() -> None:
               f"dead {row['dead']}  constant-on {row['constant_on']}", flush=True)
         return row
 
-    seeds = [run(f"seed{s}", s, a.steps, 4) for s in range(a.seeds)]
+    seeds = [run(f"seed_{s}", s, a.steps, 4) for s in range(a.seeds)]
     longer = run("steps2x", 0, 2 * a.steps, 4)
     wider = run("width8d", 0, a.steps, 8)
     bits = np.array([r["entropy_bits"] for r in seeds])
