@@ -51,7 +51,7 @@ def _fair(seed=3):
 
 
 @pytest.mark.parametrize("target, direction", [(0.6, 1), (0.0005, -1)])
-def test_target_sets_the_direction_of_the_weight(tmp_path, target, direction):
+def test_target_sets_the_direction_of_the_weight(tmp_path, caplog, target, direction):
     tr, va = _fair()
     loss = LossConfig(target_fvu=target)
     _, stats = train_bae(tr, va, tmp_path / "r", cfg=TrainConfig(**{**CFG, "steps": 150, "batch_size": 256}),
@@ -63,8 +63,10 @@ def test_target_sets_the_direction_of_the_weight(tmp_path, target, direction):
     weights = [r["train/entropy_weight"] for r in records]
     if direction > 0:  # a loose target: bits are bought too dearly at the start, so the weight has to rise
         assert max(weights) > loss.entropy_weight
-    else:  # an unreachable one: the weight only falls
+    else:  # an unreachable one: the weight only falls, and the run says its bits are not at the target
         assert weights[-1] < min(weights[:-1]) < loss.entropy_weight
+        assert stats["target_reached"] is False and "not at its target" in caplog.text
+    assert stats["target_reached"] == (abs(stats["fvu"] - target) <= 0.01)
     fixed, _ = train_bae(tr, va, tmp_path / "f", cfg=TrainConfig(**{**CFG, "steps": 20}), loss=LossConfig(target_fvu=0))
     assert "train/entropy_weight" not in read_metrics(tmp_path / "f")[-1]
 

@@ -89,7 +89,8 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
                "joint_bits": est.joint_bits, "joint_reliable": est.joint_reliable,
                "total_correlation_bits": est.total_correlation_bits, "noise_fvu": code.noise_fvu,
                "target_fvu": target, "fvu": stats["fvu"], "cosine": stats["cosine"], "l0": stats["l0"],
-               "active_units": est.active_units, "dead": stats["dead"], "constant_on": stats["constant_on"]}
+               "active_units": est.active_units, "dead": stats["dead"], "constant_on": stats["constant_on"],
+               "target_reached": stats.get("target_reached")}
         row["abs_error_bits"] = abs(row["estimated_bits"] - code.true_bits)
         row["within_tolerance"] = row["abs_error_bits"] <= tolerance(code.true_bits)
         results.append(row)

@@ -28,6 +28,9 @@ DEFAULT_TARGET_FVU = 0.2
 """Default target FVU of every command that trains a BAE on LLM hidden states (train, demo, compare, entropy).
 Chosen, not fitted: the middle of the FVUs the fixed weights reached on the demo store (0.13-0.59); a BAE of d' = 4d
 reached 0.206 there in 1000 steps (BENCHMARKS.md, issue 12)."""
+TARGET_TOLERANCE = 0.01
+"""A run trained to a target FVU F has reached it when its held-out FVU is within F +- this (issue 12's bound);
+otherwise its bits are not a measurement at F and the run says so."""
 SYNTH_TARGET_FVU = 0.02
 """Default target of `bitlens synth` above each family's noise floor: a noise-free planted code is reproduced
 exactly at FVU 0, and losing one fair bit of r <= 12 costs at least 1/12 of the variance, far above it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -14,7 +15,7 @@ from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..data.sources import RowSource
 from ..io import BitlensError, check_out_dir, read_json_object, write_json, write_manifest
 from .curves import plot_training_curves
-from .config import LossConfig, TrainConfig
+from .config import TARGET_TOLERANCE, LossConfig, TrainConfig
 from .trainer import CHECKPOINT, Trainer, read_metrics
 
 
@@ -134,6 +135,13 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     if trainer.controller is not None:  # the operating point this run was trained to, next to the one it reached
         final.update(target_fvu=trainer.controller.target, fvu_running=trainer.controller.fvu_running,
                      entropy_weight_final=trainer.loss_cfg.entropy_weight * trainer.controller.scale)
+        fvu = final.get("fvu")
+        final["target_reached"] = fvu is not None and abs(fvu - trainer.controller.target) <= TARGET_TOLERANCE
+        if not final["target_reached"] and fvu is not None:
+            logging.getLogger("bitlens").warning(
+                "%s ended at held-out FVU %.4f, not at its target %.4f (+-%g): its bits are not a measurement at "
+                "the target; train longer, or pick a reachable target from the entropy-distortion curve",
+                out_dir, fvu, trainer.controller.target, TARGET_TOLERANCE)
     write_json(out_dir / "final_metrics.json", final)
     return trainer.model.eval(), final
 
