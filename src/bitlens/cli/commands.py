@@ -108,7 +108,7 @@ def _register_synth(p, defaults) -> None:
     add_config(p, SynthConfig, "synth", title="synthetic data")
     from ..training.config import synth_loss
 
-    # --target-fvu here is the FVU allowed above each planted code's noise floor (SYNTH_TARGET_FVU)
+    # --target-fvu here is the FVU allowed above each planted code's floor (SYNTH_TARGET_FVU)
     _add_training_options(p, {**synth_loss().to_dict(), **defaults})
 
 
@@ -122,7 +122,7 @@ def _run_synth(args, argv) -> int:
     summary = run_synth(synth, out, bae, train, loss)
     print(f"family {synth.family}: max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, "
           f"max relative error {summary['max_rel_error']:.1%}, max FVU = {summary['max_fvu']:.4f} "
-          f"(target {summary['target_fvu_above_floor']:g} above the noise floor); "
+          f"(target {summary['target_fvu_above_floor']:g} above the floor); "
           f"wrote {out}/synth.json and {out}/synth.png")
     return 0
 

@@ -32,7 +32,8 @@ TARGET_TOLERANCE = 0.01
 """A run trained to a target FVU F has reached it when its held-out FVU is within F +- this (issue 12's bound);
 otherwise its bits are not a measurement at F and the run says so."""
 SYNTH_TARGET_FVU = 0.02
-"""Default target of `bitlens synth` above each family's noise floor: a noise-free planted code is reproduced
+"""Default target of `bitlens synth` above each data set's floor (its noise floor, or for codes in superposition the
+FVU of the best linear-threshold readout of the true bits, ``analysis.readout``): a noise-free planted code is reproduced
 exactly at FVU 0, and losing one fair bit of r <= 12 costs at least 1/12 of the variance, far above it."""
 
 
@@ -117,7 +118,7 @@ def llm_loss(target_fvu: float = DEFAULT_TARGET_FVU) -> LossConfig:
 
 
 def synth_loss(target_fvu: float = SYNTH_TARGET_FVU) -> LossConfig:
-    """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the noise floor),
+    """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the data set's floor),
     starting from the weights 10 / 1000 that the fixed-weight benchmark was calibrated with (BENCHMARKS.md)."""
     return LossConfig(target_fvu=target_fvu, entropy_weight=10.0, cov_weight=1000.0)
 
