@@ -28,6 +28,14 @@ class Readout(NamedTuple):
     """Fraction of (row, bit) entries read wrong."""
     bits: float
     """Entropy of the read code: sum over bits of H_b(firing rate), in bits."""
+    weight: torch.Tensor
+    """[r, d] readout rows in the space of x: bit k is 1[weight_k . x + bias_k > 0]."""
+    bias: torch.Tensor
+    """[r] readout thresholds."""
+    decoder: torch.Tensor
+    """[d, r] least-squares decoder of x from the read bits."""
+    decoder_bias: torch.Tensor
+    """[d] its constant."""
 
 
 def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr: float = 0.05,
@@ -52,8 +60,11 @@ def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr
     with torch.no_grad():
         read = ((xs @ w + b) > 0).float()
         design = torch.cat([read, torch.ones(read.shape[0], 1)], 1).double()
-        decoder = torch.linalg.lstsq(design, x.double()).solution
-        err = (design @ decoder - x.double()).pow(2).sum()
+        solution = torch.linalg.lstsq(design, x.double()).solution  # [r + 1, d]
+        err = (design @ solution - x.double()).pow(2).sum()
         var = (x.double() - x.double().mean(0)).pow(2).sum().clamp_min(1e-30)
+        weight = (w / std[:, None]).t().contiguous()  # undo the standardisation: logits = weight . x + bias
+        bias = b - (mean / std) @ w
         return Readout(float(err / var), float((read != codes).float().mean()),
-                       float(bernoulli_bits(read.mean(0)).sum()))
+                       float(bernoulli_bits(read.mean(0)).sum()), weight, bias.detach().clone(),
+                       solution[:-1].t().float().contiguous(), solution[-1].float())
