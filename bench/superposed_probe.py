@@ -41,8 +41,10 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", default="runs/bench/superposed_probe")
     p.add_argument("--json", default="runs/bench/superposed_probe.json")
+    p.add_argument("--starts", default="readout,fresh", help="which starts to train, comma-separated")
     a = p.parse_args()
 
     code = planted_code("superposed", a.rows, a.dim, a.features, seed=a.seed + a.features)
@@ -66,9 +68,11 @@ def main() -> None:
 
     rows = {"truth_bits": code.true_bits, "readout_fvu": readout.fvu, "readout_bits": readout.bits,
             "readout_bit_error": readout.bit_error, "target_fvu": target, "steps": a.steps, "runs": []}
-    for name, prepare in (("readout", from_readout), ("fresh", None)):
+    starts = {"readout": from_readout, "fresh": None}
+    for name in a.starts.split(","):
+        prepare = starts[name]
         started = time.perf_counter()
-        cfg = TrainConfig(steps=a.steps, seed=a.seed, progress=False, eval_every=max(1, a.steps // 4))
+        cfg = TrainConfig(steps=a.steps, seed=a.seed, lr=a.lr, progress=False, eval_every=max(1, a.steps // 4))
         loss = synth_loss(target)
         model, stats = train_coder("bae", tr, va, Path(a.out) / name, BAEConfig(), cfg, loss, prepare=prepare)
         est = estimate_entropy(encode_all(model, va.rows()))
