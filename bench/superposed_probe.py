@@ -18,6 +18,7 @@ the objective itself prefers that code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--entropy-weight", type=float, default=-1.0,
+                   help="starting entropy weight (covariance weight 100x it); -1 = synth's start")
     p.add_argument("--out", default="runs/bench/superposed_probe")
     p.add_argument("--json", default="runs/bench/superposed_probe.json")
     p.add_argument("--starts", default="readout,fresh", help="which starts to train, comma-separated")
@@ -74,6 +77,8 @@ def main() -> None:
         started = time.perf_counter()
         cfg = TrainConfig(steps=a.steps, seed=a.seed, lr=a.lr, progress=False, eval_every=max(1, a.steps // 4))
         loss = synth_loss(target)
+        if a.entropy_weight >= 0:
+            loss = dataclasses.replace(loss, entropy_weight=a.entropy_weight, cov_weight=100 * a.entropy_weight)
         model, stats = train_coder("bae", tr, va, Path(a.out) / name, BAEConfig(), cfg, loss, prepare=prepare)
         est = estimate_entropy(encode_all(model, va.rows()))
         run = {"start": name, "fvu": stats["fvu"], "entropy_bits": est.marginal_bits, "l0": stats["l0"],
