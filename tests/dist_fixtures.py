@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -84,6 +85,18 @@ def twenty_steps(world: World | None, out_dir: Path) -> dict[str, torch.Tensor]:
     return {f"w.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def resumed(world: World | None, run: Path, steps: int = 30) -> dict[str, torch.Tensor]:
+    """Weights after resuming ``run`` (a copy of it) with this many processes, to ``steps`` steps."""
+    copy = run.with_name(run.name + f"-resumed{world.size if world else 1}")
+    if world is None or world.main:
+        shutil.copytree(run, copy)
+    if world is not None:
+        world.barrier()
+    trainer = Trainer.resume(copy, TensorRows(data()), None, {"steps": steps}, world=world)
+    trainer.fit()
+    return {f"w.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
 def join(rank: int, size: int, port: int, out: str) -> None:
     """Entry point of one spawned process: join the gloo group through torchrun's variables, compute, save."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(size), RANK=str(rank),
@@ -92,6 +105,7 @@ def join(rank: int, size: int, port: int, out: str) -> None:
     world = current_world("cpu")
     results = {**first_step(world), **step_paths(world)}
     results.update(twenty_steps(world, Path(out) / "run"))
+    results.update({"resumed." + k: v for k, v in resumed(world, Path(out) / "run").items()})
     # the global entropy/covariance of codes that differ by rank (each rank passes only its own rows)
     entropy, cov = global_code_statistics(codes(0.2, 11 + rank), world)
     results["global.stats"] = torch.stack([entropy, cov])

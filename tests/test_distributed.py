@@ -33,7 +33,12 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     mp.spawn(fx.join, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     flags = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    return load_file(str(out / "results.safetensors")), flags
+    return load_file(str(out / "results.safetensors")), flags, out / "run"
+
+
+def two_ranks_run(two_ranks):
+    """The 2-process run's folder (its checkpoint at step 20)."""
+    return two_ranks[2]
 
 
 def test_pack_bits_round_trip():
@@ -60,7 +65,7 @@ def test_batch_that_cannot_be_shared_is_refused():
 
 
 def test_first_step_equals_one_process_with_the_whole_batch(two_ranks):
-    got, _ = two_ranks
+    got = two_ranks[0]
     want = fx.first_step(None)
     for key in want:
         assert rel(got[key], want[key]) <= 1e-6, key
@@ -68,7 +73,7 @@ def test_first_step_equals_one_process_with_the_whole_batch(two_ranks):
 
 
 def test_both_covariance_paths_are_global(two_ranks):
-    got, _ = two_ranks
+    got = two_ranks[0]
     want = fx.step_paths(None)
     for key in want:
         if key.endswith("grad_h"):  # rank 0's rows of the gradient
@@ -78,15 +83,61 @@ def test_both_covariance_paths_are_global(two_ranks):
 
 
 def test_twenty_steps_match_one_process(two_ranks, tmp_path):
-    got, flags = two_ranks
+    got, flags, _ = two_ranks
     want = fx.twenty_steps(SINGLE, tmp_path / "one")
     assert all(f["weights_identical"] for f in flags)  # every rank ends with the same weights
     for key in want:
         assert rel(got[key], want[key]) <= 1e-4, (key, rel(got[key], want[key]))
 
 
+def test_resume_with_any_number_of_processes(two_ranks, tmp_path):
+    """A run checkpointed by 2 processes resumes in 1 (and in 2) as a 1-process run resumes in 1: the batches are
+    a function of the step alone and the objective does not depend on the number of processes."""
+    got = two_ranks[0]
+    fx.twenty_steps(SINGLE, tmp_path / "one")
+    want = fx.resumed(None, tmp_path / "one")
+    two_then_one = fx.resumed(None, two_ranks_run(two_ranks))
+    for key in want:
+        assert rel(two_then_one[key], want[key]) <= 1e-4, key
+        assert rel(got["resumed." + key], want[key]) <= 1e-4, key
+
+
 def test_global_entropy_and_covariance_equal_the_concatenated_codes(two_ranks):
-    got, _ = two_ranks
+    got = two_ranks[0]
     codes = torch.cat([fx.codes(0.2, 11), fx.codes(0.2, 12)]).double()
     want = torch.stack([losses.minibatch_entropy(codes), losses.covariance_penalty(codes)])
     assert rel(got["global.stats"], want) <= 1e-12
+
+
+def test_trainer_refuses_a_batch_the_ranks_cannot_share(tmp_path):
+    from bitlens.data.sources import TensorRows
+    from bitlens.io import BitlensError
+    from bitlens.training.config import TrainConfig
+    from bitlens.training.trainer import Trainer
+
+    with pytest.raises(BitlensError, match="cannot be shared by 2 processes"):
+        Trainer(fx.model(), TensorRows(fx.data()), None, TrainConfig(**{**fx.TRAIN, "batch_size": 63}), fx.LOSS,
+                tmp_path, world=World(0, 2))
+
+
+def test_torchrun_cli_trains_one_run(tmp_path):
+    """`torchrun --nproc_per_node 2 -m bitlens train ...`: one run folder, written by rank 0, loadable."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import bitlens
+
+    np.save(tmp_path / "x.npy", fx.data().numpy())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "bitlens", "train", "--activations", str(tmp_path / "x.npy"), "--out",
+           str(tmp_path / "run"), "--steps", "10", "--batch-size", "64", "--eval-every", "10", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained to step 10") == 1  # rank 0 reports for both
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["distributed"] == {"world_size": 2, "batch_per_rank": 32, "sharded_data": False}
+    assert bitlens.load(tmp_path / "run").width == 64

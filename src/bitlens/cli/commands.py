@@ -24,6 +24,16 @@ class Command:
     resumable_hint: str = "rerun the same command to continue where it stopped"
 
 
+def launch_rank() -> int:
+    """This process's rank when launched by torchrun (0 otherwise): only rank 0 prints results."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _add_training_options(p, defaults: dict[str, Any]) -> None:
     add_config(p, BAEConfig, "bae", defaults=defaults, title="BAE architecture")
     add_config(p, TrainConfig, "train", defaults=defaults, title="optimisation")
@@ -85,6 +95,8 @@ def _run_train(args, argv) -> int:
     stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer, key=inputs.key or None,
                       keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss, resume=inputs.resume,
                       resume_overrides=overrides, allow_new_data=inputs.allow_new_data)
+    if launch_rank() > 0:
+        return 0
     target = f" (target {stats['target_fvu']:g})" if "target_fvu" in stats else " (fixed weights)"
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}{target}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
