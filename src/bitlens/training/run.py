@@ -153,7 +153,7 @@ def _input_id(inputs: dict[str, Any] | None) -> dict[str, Any] | None:
     """What identifies a run's data: its fingerprint, where it came from, and which part of it was used."""
     if not inputs or not inputs.get("sha256"):
         return None
-    source = inputs.get("store") or inputs.get("activations") or "?"
+    source = inputs.get("store") or inputs.get("activations") or inputs.get("source") or "?"
     return {"sha256": inputs["sha256"], "source": source,
             **{k: inputs[k] for k in ("layer", "key") if inputs.get(k) is not None}}
 

@@ -136,7 +136,9 @@ class Trainer:
         self.train_rows, self.val_rows = train, val
         self.out_dir = Path(out_dir)
         self.sharded = bool(getattr(train, "sharded", False))
-        rows = train.n_rows * (self.world.size if self.sharded else 1)  # rows of the global data
+        rows = train.n_rows  # rows of the global data; a sharded source's ranks agree on the smallest share's
+        if self.sharded:
+            rows = int(min(r[0] for r in self.world.gather_floats([rows]))) * self.world.size
         self.batch_size = min(cfg.batch_size, rows)
         self.local_batch = self.world.check_batch(self.batch_size)
         self.steps_per_epoch = max(1, rows // self.batch_size)
@@ -148,6 +150,8 @@ class Trainer:
             self.world.broadcast_tensors([*self.model.parameters(), *self.model.buffers()])
             self.variance = self.world.broadcast_float(self.variance)
         self._stream_states: list[list[float]] | None = None
+        if hasattr(train, "stream_state"):  # every rank's source position, kept by rank 0 for its checkpoints
+            self._stream_states = self.world.gather_floats(train.stream_state())
         self._running: dict[str, float] = {}
         self.controller = controller_for(loss, self.total_steps)
         self._revived = 0
@@ -204,6 +208,9 @@ class Trainer:
             loss_cfg = loss_cls.from_dict(state["loss_config"])
         except (ValueError, TypeError) as e:
             raise BitlensError(f"{state_file}: {str(e).splitlines()[0]}") from None
+        world = world if world is not None else current_world(saved_cfg.device)
+        if hasattr(train, "stream_state"):  # before any collective: a wrong number of ranks fails on every rank
+            cls._check_stream(state.get("stream"), state_file, world, out_dir)
         trainer = cls(model, train, val, saved_cfg, loss_cfg, out_dir, variance=state["variance"], world=world)
         try:
             restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
@@ -217,21 +224,21 @@ class Trainer:
             except (KeyError, TypeError, ValueError) as e:
                 raise BitlensError(f"{state_file}: dual: not a target-FVU controller state ({e})") from None
         if hasattr(train, "stream_state"):
-            trainer._resume_stream(state.get("stream"), state_file)
+            train.load_stream_state(state["stream"][world.rank])
+            trainer._stream_states = state["stream"]
         if trainer.world.main:
             trainer._truncate_metrics()
         return trainer
 
-    def _resume_stream(self, saved: Any, state_file: Path) -> None:
-        """Give each rank its source position from the checkpoint; the split of the data across ranks depends on
-        their number, so a run that streams per rank resumes only with as many ranks as it was started with."""
+    @staticmethod
+    def _check_stream(saved: Any, state_file: Path, world: World, out_dir: str | Path) -> None:
+        """Each rank resumes its source from its position in the checkpoint; the split of the data across ranks
+        depends on their number, so a run that streams per rank resumes only with as many ranks as it started."""
         if not isinstance(saved, list) or not all(isinstance(s, list) for s in saved):
             raise BitlensError(f"{state_file}: no stream positions (stream) to resume an on-the-fly run from")
-        if len(saved) != self.world.size:
-            raise BitlensError(f"{self.out_dir} streams activations on {len(saved)} process(es), one document "
-                               f"shard each; resume it with {len(saved)} (not {self.world.size})")
-        self.train_rows.load_stream_state(saved[self.world.rank])
-        self._stream_states = saved
+        if len(saved) != world.size:
+            raise BitlensError(f"{out_dir} streams activations on {len(saved)} process(es), one document shard "
+                               f"each: resume it with {len(saved)} (not {world.size})")
 
     def _truncate_metrics(self) -> None:
         """Drop logged lines past the checkpoint's step so a resumed run does not duplicate them."""
