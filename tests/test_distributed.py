@@ -141,3 +141,24 @@ def test_torchrun_cli_trains_one_run(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["distributed"] == {"world_size": 2, "batch_per_rank": 32, "sharded_data": False}
     assert bitlens.load(tmp_path / "run").width == 64
+
+
+def test_bf16_encoder_keeps_the_bits_exact_and_trains(tmp_path):
+    """The GPU path's precision option, run on the CPU (autocast bf16 is device-agnostic): the encoder GEMM runs in
+    bf16, the bits it gives are exactly 0/1, the loss Function stays fp32 and training proceeds."""
+    from bitlens.coders.step import binarize
+    from bitlens.data.sources import TensorRows
+    from bitlens.training.config import TrainConfig
+    from bitlens.training.trainer import Trainer
+
+    net = fx.model()
+    x = fx.data()[:64] / net.input_scale
+    with torch.autocast("cpu", torch.bfloat16):
+        pre = net.encoder(x)
+        code = binarize(pre, net.cfg.surrogate, net.cfg.tau)
+    assert pre.dtype == torch.bfloat16 and set(code.unique().tolist()) <= {0.0, 1.0}
+    trainer = Trainer(fx.model(), TensorRows(fx.data()), TensorRows(fx.data()[:256]),
+                      TrainConfig(**{**fx.TRAIN, "precision": "bf16"}), fx.LOSS, tmp_path)
+    last = trainer.fit()
+    assert trainer.step == 20 and 0 < last["val/fvu"] < 1
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

@@ -102,8 +102,11 @@ def _targets(source: RowSource, limit: int) -> torch.Tensor:
 
 
 def _to(batch, device: torch.device):
+    """The batch on ``device``; to a GPU from pinned memory, so the copy is asynchronous."""
     if isinstance(batch, (tuple, list)):
-        return tuple(b.to(device, non_blocking=True) for b in batch)
+        return tuple(_to(b, device) for b in batch)
+    if device.type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
 
 
@@ -177,7 +180,7 @@ class Trainer:
         return folder
 
     #: fields a resumed run may change: where/how it reports, and how long it trains
-    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "eval_every", "eval_tokens",
+    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "precision", "eval_every", "eval_tokens",
                                      "checkpoint_every"})
 
     @classmethod
@@ -294,8 +297,9 @@ class Trainer:
                     x = _to(next(batches), self.device)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
-                    terms = objective(self.model, x, self._step_loss(), self.variance, self.step, self.total_steps,
-                                      **world_kw)
+                    with torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                        terms = objective(self.model, x, self._step_loss(), self.variance, self.step,
+                                          self.total_steps, **world_kw)
                     loss = float(terms.loss.detach())  # _accumulate syncs on every term anyway
                     if not math.isfinite(loss):
                         raise BitlensError(
