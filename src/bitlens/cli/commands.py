@@ -179,7 +179,9 @@ def _single(module: str, config: str, runner: str, report: Callable[[Any, Any], 
     def run(args, argv) -> int:
         mod = importlib.import_module(module, __package__)
         cfg = read_config(args, getattr(mod, config), "cfg")
-        report(cfg, getattr(mod, runner)(cfg))
+        result = getattr(mod, runner)(cfg)
+        if launch_rank() == 0:  # under torchrun process 0 reports for all
+            report(cfg, result)
         return 0
 
     return _config_options(module, config), run

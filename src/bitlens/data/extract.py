@@ -387,18 +387,20 @@ def extract_main(cfg: ExtractConfig) -> Path:
     check_out_dir(cfg.out)  # before loading anything
     from .parallel_extract import launch
 
-    device = cfg.device
-    if launch().size > 1 and device.strip().lower() in ("cuda", "auto") and torch.cuda.is_available():
-        device = f"cuda:{launch().local_rank}"  # under torchrun each process drives its own GPU
+    device, world = cfg.device, launch()
+    if world.size > 1 and device.strip().lower() in ("cuda", "auto") and torch.cuda.is_available():
+        if world.local_rank >= torch.cuda.device_count():
+            raise BitlensError(f"local rank {world.local_rank} needs GPU {world.local_rank} but torch sees "
+                               f"{torch.cuda.device_count()}: start at most that many processes per node")
+        device = f"cuda:{world.local_rank}"  # under torchrun each process drives its own GPU
     lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=device)
     layers = cfg.layers or ([] if cfg.sites else [lm.n_layers // 2])
     if layers:
         check_layers(layers, lm.n_layers)  # fail before loading a large corpus
     check_sites(cfg.sites, lm.n_layers)
     corpus = load_corpus(cfg.corpus, text_field=cfg.text_field)
-    from .parallel_extract import launch, merge_parts
+    from .parallel_extract import merge_parts
 
-    world = launch()
     if world.size > 1:
         return merge_parts(cfg, lm, corpus, layers, world, started)
     out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
