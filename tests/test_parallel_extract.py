@@ -32,9 +32,9 @@ def test_two_processes_write_one_store_equal_to_one_process(lm_and_corpus, tmp_p
     lm, corpus = lm_and_corpus
     cfg = ExtractConfig(out=str(tmp_path / "two"), layers=[2], shard_rows=64, progress=False, dtype="float32")
     # process 1 finishes first; process 0 then extracts its part, finds both complete and merges
-    merge_parts(cfg, lm, corpus, [2], Launch(1, 2), time.perf_counter())
+    merge_parts(cfg, lm, corpus, [2], Launch(1, 2), time.perf_counter(), extract_to_store)
     assert (part_dir(tmp_path / "two", 1, 2) / "manifest.json").is_file() and not (tmp_path / "two" / "shards").exists()
-    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter())
+    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter(), extract_to_store)
     two = ActivationStore(tmp_path / "two")
     assert not (tmp_path / "two" / "parts").exists() and two.manifest["settings"]["processes"] == 2
     one = ActivationStore(extract_to_store(lm, corpus, tmp_path / "one", layers=[2], shard_rows=64,
@@ -51,15 +51,15 @@ def test_two_processes_write_one_store_equal_to_one_process(lm_and_corpus, tmp_p
         parts.setdefault(shard["part"], set()).update(d)
     assert len(parts) == 2 and parts["0-of-2"].isdisjoint(parts["1-of-2"])
     # rerun: complete, nothing redone; another number of processes is refused
-    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter())
+    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter(), extract_to_store)
     with pytest.raises(BitlensError, match="by 2 process"):
-        merge_parts(cfg, lm, corpus, [2], Launch(0, 3), time.perf_counter())
+        merge_parts(cfg, lm, corpus, [2], Launch(0, 3), time.perf_counter(), extract_to_store)
 
 
 def test_an_interrupted_merge_resumes(lm_and_corpus, tmp_path):
     lm, corpus = lm_and_corpus
     cfg = ExtractConfig(out=str(tmp_path / "s"), layers=[2], shard_rows=64, progress=False, max_tokens=300)
-    merge_parts(cfg, lm, corpus, [2], Launch(1, 2), time.perf_counter())
+    merge_parts(cfg, lm, corpus, [2], Launch(1, 2), time.perf_counter(), extract_to_store)
     # process 0's part, then a merge that stopped after moving the shards, before writing the manifest
     from bitlens.data import parallel_extract
 
@@ -75,10 +75,10 @@ def test_an_interrupted_merge_resumes(lm_and_corpus, tmp_path):
     parallel_extract.StoreWriter = Boom
     try:
         with pytest.raises(Crash):
-            merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter())
+            merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter(), extract_to_store)
     finally:
         parallel_extract.StoreWriter = real
-    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter())
+    merge_parts(cfg, lm, corpus, [2], Launch(0, 2), time.perf_counter(), extract_to_store)
     store = ActivationStore(tmp_path / "s")
     assert store.n_tokens == 300 and store.manifest["settings"]["max_tokens"] == 300
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["complete"]

@@ -402,7 +402,7 @@ def extract_main(cfg: ExtractConfig) -> Path:
     from .parallel_extract import merge_parts
 
     if world.size > 1:
-        return merge_parts(cfg, lm, corpus, layers, world, started)
+        return merge_parts(cfg, lm, corpus, layers, world, started, extract_to_store)
     out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
                            forward_batch=cfg.forward_batch, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
                            include_first=cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,

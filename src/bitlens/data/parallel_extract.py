@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..io import BitlensError, check_out_dir
 from .store import ActivationStore, StoreWriter, _read_manifest
@@ -58,10 +58,10 @@ def part_dir(out: Path, rank: int, size: int) -> Path:
     return out / PARTS / f"{rank}-of-{size}"
 
 
-def merge_parts(cfg: Any, lm: Any, corpus: Any, layers: list[int], world: Launch, started: float) -> Path:
-    """Extract this process's part, then (process 0) wait for all parts and merge them into ``cfg.out``."""
-    from .extract import extract_to_store
-
+def merge_parts(cfg: Any, lm: Any, corpus: Any, layers: list[int], world: Launch, started: float,
+                extract_to_store: Callable[..., Path]) -> Path:
+    """Extract this process's part (with ``extract.extract_to_store``), then (process 0) wait for all parts and
+    merge them into ``cfg.out``."""
     out = check_out_dir(cfg.out)
     merged = out / "manifest.json"
     settings = {"processes": world.size}
