@@ -30,29 +30,25 @@ from .bit_products import count_mm, int_mm
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
 
 
-def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLOCK,
-                       left: torch.Tensor | None = None) -> torch.Tensor:
+def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLOCK) -> torch.Tensor:
     """hS for any codes, via the lower block triangle of the Gram matrix.
 
-    Args: h8 [B, m] int8 bits; n [m] int32 counts; left [r, m] int8: the rows whose product with S is wanted
-    (default h8; a rank of a distributed step passes its own rows of the global batch h8).
-    Returns int32 [r, m] (r = B without ``left``).
+    Args: h8 [B, m] int8 bits; n [m] int32 counts. Returns int32 [B, m].
     """
     b, m = h8.shape
-    left = h8 if left is None else left
     wide = torch.int64 if b * b >= 2 ** 31 else torch.int32  # q = B G - n n^T must not overflow
     ht8 = h8.t().contiguous()  # [m, B]: row access for the Gram's left factor
     nq = n.to(wide)
-    hs = torch.zeros(left.shape[0], m, dtype=torch.int32, device=h8.device)
+    hs = torch.zeros(b, m, dtype=torch.int32, device=h8.device)
     for j0 in range(0, m, block):
         j1 = min(j0 + block, m)
         q = int_mm(ht8[j0:], h8[:, j0:j1]).to(wide)  # G[j0:, J]: this column block, rows on/below the diagonal
         q.addr_(nq[j0:], nq[j0:j1], beta=b, alpha=-1)  # q = B G - n n^T, in place
         q[: j1 - j0].fill_diagonal_(0)
         s = q.clamp_(-1, 1).to(torch.int8)  # S[j0:, J]
-        hs[:, j0:j1] += int_mm(left[:, j0:], s)
+        hs[:, j0:j1] += int_mm(h8[:, j0:], s)
         if j1 < m:  # the mirrored upper block S[J, j1:] = S[j1:, J]^T
-            hs[:, j1:] += int_mm(left[:, j0:j1], s[j1 - j0:].t())
+            hs[:, j1:] += int_mm(h8[:, j0:j1], s[j1 - j0:].t())
     return hs
 
 

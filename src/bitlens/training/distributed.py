@@ -221,11 +221,11 @@ def global_code_statistics(codes: torch.Tensor, world: World) -> tuple[torch.Ten
     from .losses import binary_entropy
 
     h8 = codes.to(torch.int8)
-    h8_all, _ = world.gather_bits(h8)
+    h8_all, lo = world.gather_bits(h8)
     b = h8_all.shape[0]
     n = h8_all.sum(0, dtype=torch.int32)
     entropy = binary_entropy(n.double() / b).sum()
-    hs = dense_sign_product(h8_all, n, left=h8)  # only this rank's rows of hS
+    hs = dense_sign_product(h8_all, n)[lo:lo + h8.shape[0]]  # this rank's rows of hS
     parts = world.sum(torch.cat([(hs * h8).sum(dtype=torch.int64).view(1), hs.sum(0, dtype=torch.int64)]))
     cov = (b * parts[0] - (parts[1:] * n).sum()).double() / (b * (b - 1))
     return entropy, cov

@@ -96,7 +96,9 @@ class _DecoderLosses(torch.autograd.Function):
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
-            hs = dense_sign_product(h8_all, n, left=None if group is None else h8)
+            hs = dense_sign_product(h8_all, n)
+            if group is not None:  # this rank's rows of the global batch's hS
+                hs = hs[lo:lo + rows]
         colsum = hs.sum(0)  # int64
         err = recon - xn  # [rows, d]
         denom = b * spec.variance if spec.preset == "scale_free" else b * d
