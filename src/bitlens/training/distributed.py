@@ -6,8 +6,8 @@ the objective is that of the **global** batch, exactly, whatever the number of r
 
 * the global batch of B rows (``--batch-size``) is cut into N equal shares; rank r encodes its share;
 * the bits of all shares are all-gathered **bit-packed** (B/N * d'/8 bytes per rank), so every rank holds the global
-  code matrix and computes the global unit counts n, firing rates p = n/B and the exact integer sign matrix S of the
-  covariance (``fast_cov``); it multiplies S only into its own rows (hS for its share);
+  code matrix and computes the global unit counts n, firing rates p = n/B and the exact integer product hS of the
+  codes with the covariance's sign matrix (``fast_cov``, the same B d'^2 work as one process), keeping its rows;
 * one all-reduce (float64, exact for the integer parts) of [squared error, sum_b h_b.(hS)_b, 1^T hS] gives the
   global reconstruction term, covariance penalty and the column sums of hS that its gradient needs;
 * each rank back-propagates only through its own rows (the closed-form gradients of ``fast_step`` with the global
