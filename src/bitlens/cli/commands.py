@@ -115,7 +115,8 @@ def _run_train(args, argv) -> int:
                                  max_tokens=inputs.max_tokens, max_seq_len=inputs.max_seq_len,
                                  forward_batch=inputs.forward_batch, buffer_rows=inputs.buffer_rows,
                                  model_dtype=inputs.model_dtype, bae=bae, train=train, loss=loss,
-                                 resume=inputs.resume, resume_overrides=overrides)
+                                 resume=inputs.resume, resume_overrides=overrides,
+                                 allow_new_data=inputs.allow_new_data)
     else:
         stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer,
                           key=inputs.key or None, keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss,
