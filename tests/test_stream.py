@@ -50,7 +50,6 @@ def test_stream_serves_shuffled_batches_and_resumes_exactly(lm_and_corpus):
 
 
 def test_ranks_run_the_model_on_disjoint_documents(lm_and_corpus):
-    lm, corpus = lm_and_corpus
     one = _stream(lm_and_corpus)
     ranks = [_stream(lm_and_corpus, rank=r, world_size=2) for r in range(2)]
     docs = [{s.doc_index for s in r._plan(0)[0]} for r in ranks]
@@ -72,7 +71,7 @@ def test_cli_trains_from_a_model_without_a_store(lm_and_corpus, tmp_path):
     from bitlens import load
     from bitlens.cli.main import main
 
-    lm, corpus = lm_and_corpus
+    corpus = lm_and_corpus[1]
     out = tmp_path / "otf"
     args = ["train", "--model", str(tiny_model_dir()), "--corpus", corpus.name, "--layer", "2", "--max-tokens",
             "300", "--buffer-rows", "120", "--batch-size", "32", "--eval-every", "10", "--eval-tokens", "64",

@@ -53,7 +53,7 @@ def split_documents(n_documents: int, val_fraction: float, seed: int) -> tuple[n
     if n_documents < (2 if val_fraction > 0 else 1):
         raise BitlensError(f"the corpus has {n_documents} document(s): too few to hold some out for validation")
     order = np.random.default_rng(seed).permutation(n_documents)
-    n_val = min(max(int(round(val_fraction * n_documents)), 1), n_documents - 1) if val_fraction > 0 else 0
+    n_val = min(max(round(val_fraction * n_documents), 1), n_documents - 1) if val_fraction > 0 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
