@@ -162,3 +162,16 @@ def test_bf16_encoder_keeps_the_bits_exact_and_trains(tmp_path):
     last = trainer.fit()
     assert trainer.step == 20 and 0 < last["val/fvu"] < 1
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_a_partial_torchrun_environment_is_one_line(monkeypatch):
+    from bitlens.io import BitlensError
+    from bitlens.training.distributed import current_world
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(BitlensError, match="WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT, RANK not set: launch with torchrun"):
+        current_world("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert current_world("cpu") is SINGLE
