@@ -93,8 +93,11 @@ def grads_of(step, model, x, cfg, variance):
     return loss, {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int) -> dict:
+def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int,
+             device: str = "cpu") -> dict:
     model, x, cfg, variance = make_case(d, batch, regime, l0_target, seed)
+    model, x = model.to(device), x.to(device)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     m = model.width
     with torch.no_grad():
         xn = x / model.input_scale
@@ -105,6 +108,7 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
                "w_out_t": model.decoder.weight.detach().t().contiguous(), "w_out": model.decoder.weight.detach(),
                "g_err": torch.randn(batch, d, generator=gen), "g_err_t": torch.randn(d, batch, generator=gen),
                "dpre_t": torch.randn(m, batch, generator=gen)}
+    tensors = {k: v.to(device) for k, v in tensors.items()}
 
     def timed(step):
         model.zero_grad(set_to_none=True)
@@ -118,8 +122,10 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
     times: dict[str, list[float]] = {k: [] for k in runners}
     for rep in range(warmup + repeat):
         for name, fn in runners.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             if rep >= warmup:
                 times[name].append(time.perf_counter() - t0)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
@@ -157,6 +163,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force-path", choices=["dense", "sparse"], help="ablation: one path whatever the density")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (issue 16: the GPU path; fp32 throughout)")
     args = ap.parse_args()
     if args.force_path:
         fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if args.force_path == "sparse" else -1.0
@@ -164,7 +171,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     l0_for = {576: 32, 2048: 64}
     info = machine()
-    print(f"# {info['cpu']}, {info['threads']} threads, torch {info['torch']}, batch {args.batch}, fp32, "
+    if args.device != "cpu":
+        info["device"] = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") \
+            else args.device
+    print(f"# {info.get('device', info['cpu'])}, {info['threads']} threads, torch {info['torch']}, batch {args.batch}, fp32, "
           f"median of {args.repeat} after {args.warmup} warm-up; forward+backward, Adam excluded")
     header = (f"{'d':>5} {'d_prime':>7} {'regime':>6} {'l0':>7} {'path':>6} {'naive_ms':>9} {'bitlens_ms':>10} "
               f"{'floor_ms':>9} {'ratio':>6} {'speedup':>7} {'err_loss':>9} {'err_grad':>9}")
@@ -172,7 +182,8 @@ def main() -> None:
     rows = []
     for d in (int(s) for s in args.sizes.split(",")):
         for regime in args.regimes.split(","):
-            r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat, args.seed)
+            r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat, args.seed,
+                         args.device)
             rows.append(r)
             print(f"{r['d']:>5} {r['d_prime']:>7} {regime:>6} {r['l0']:>7} {r['path']:>6} {r['naive_ms']:>9.1f} "
                   f"{r['bitlens_ms']:>10.1f} {r['floor_ms']:>9.1f} {r['ratio_to_floor']:>6.2f} "

@@ -79,3 +79,29 @@ def test_compare_rejects_bad_config(store, tmp_path, capsys):
     config.write_text(json.dumps({"topk": {}}))
     assert main(["compare", "--store", str(store), "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "unknown key(s) topk" in capsys.readouterr().err
+
+
+def test_compare_under_torchrun_trains_every_coder_in_two_processes(store, tmp_path):
+    """`torchrun -m bitlens compare`: each coder trained by both processes (BAE with global-batch statistics, the
+    SAEs with averaged gradients); process 0 alone evaluates and writes the table."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "bitlens", "compare", "--store", str(store), "--out", str(out), "--coders", "bae", "topk_sae",
+           "random", "--steps", "6", "--eval-tokens", "200", "--splice-tokens", "0", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # process 0 reports
+    summary = json.loads((out / "compare.json").read_text())
+    assert [row["name"] for row in summary["coders"]] == ["bae", "topk_sae", "random"]
+    for name in ("bae", "topk_sae"):
+        manifest = json.loads((out / "coders" / name / "manifest.json").read_text())
+        assert manifest["config"]["distributed"]["world_size"] == 2

@@ -133,6 +133,52 @@ def train_run(data: Any, out_dir: str | Path, *, layer: int | None = None, key: 
     return stats
 
 
+def train_from_model(model: str, corpus: str, out_dir: str | Path, *, layer: int | None = None,
+                     max_tokens: int = 0, max_seq_len: int = 256, forward_batch: int = 16, buffer_rows: int = 65536,
+                     model_dtype: str = "float32", text_field: str = "text", bae: BAEConfig | None = None,
+                     train: TrainConfig | None = None, loss: LossConfig | None = None, resume: bool = False,
+                     resume_overrides: dict[str, Any] | None = None, allow_new_data: bool = False) -> dict[str, Any]:
+    """Train (or resume) a BAE on hidden states computed on the fly, without a store (``bitlens train --model M
+    --corpus C``): the LM runs over the training documents into a shuffling buffer (``data.stream``), under
+    torchrun each rank over its own document shard; ``max_tokens`` training tokens per pass (0 = the whole
+    corpus). Validation: up to ``train.eval_tokens`` rows of held-out documents (rank 0). Returns the final
+    validation statistics."""
+    from .data.corpora import load_corpus
+    from .data.models import load_model
+    from .data.sources import TensorRows
+    from .data.stream import ModelStream, model_rows, split_documents
+    from .io import check_out_dir
+    from .training.distributed import current_world
+    from .training.run import train_bae
+
+    check_out_dir(out_dir)
+    train = train or TrainConfig()
+    world = current_world(train.device)
+    lm = load_model(model, dtype=model_dtype, device=world.device(train.device))
+    layer = lm.n_layers // 2 if layer is None else layer
+    texts = load_corpus(corpus, text_field=text_field)
+    train_docs, val_docs = split_documents(len(texts.documents), train.val_fraction, train.seed)
+    options = dict(max_seq_len=max_seq_len, forward_batch=forward_batch)
+    stream = ModelStream(lm, texts, layer, train_docs, max_tokens=max_tokens, buffer_rows=buffer_rows,
+                         seed=train.seed, rank=world.rank, world_size=world.size, **options)
+    val = None
+    if world.main and len(val_docs) and train.eval_tokens > 0:
+        val = TensorRows(model_rows(lm, texts, layer, val_docs, train.eval_tokens, **options))
+    source = {"model": lm.describe(), "corpus": {"name": texts.name, "fingerprint": texts.fingerprint},
+              "layer": layer, "max_tokens": max_tokens, "max_seq_len": max_seq_len,
+              "buffer_rows": buffer_rows}  # what the rows and their order depend on (resume checks it)
+    import hashlib
+    import json
+
+    inputs = {"on_the_fly": source, "source": f"{model} on {corpus}", "layer": layer,
+              "sha256": hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest(),
+              "train_documents": len(train_docs), "val_documents": len(val_docs),
+              "val_tokens": val.n_rows if val is not None else 0}
+    _, stats = train_bae(stream, val, out_dir, bae, train, loss, resume=resume, resume_overrides=resume_overrides,
+                         inputs=inputs, allow_new_data=allow_new_data)
+    return stats
+
+
 @contextlib.contextmanager
 def splice(model: Any, coder: torch.nn.Module, layer: int, positions: str = "all") -> Iterator[None]:
     """Run ``coder`` inside a live model: within the block, the residual stream entering block ``layer``

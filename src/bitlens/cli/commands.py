@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ..coders.bae import BAEConfig
 from ..training.config import PRESETS, LossConfig, TrainConfig
@@ -22,6 +22,16 @@ class Command:
     """Adds the options; receives the preset's field defaults (empty without --preset)."""
     run: Callable[[argparse.Namespace, list[str]], int | None]
     resumable_hint: str = "rerun the same command to continue where it stopped"
+
+
+def launch_rank() -> int:
+    """This process's rank when launched by torchrun (0 otherwise): only rank 0 prints results."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _add_training_options(p, defaults: dict[str, Any]) -> None:
@@ -45,8 +55,24 @@ class TrainInputs:
     """Activation file: a 2-D float array [rows, dim] as .npy or .safetensors (or give --store)."""
     store: str = ""
     """Activation store written by `bitlens extract` (or give --activations)."""
+    model: str = ""
+    """Train straight from this causal LM, without a store: its activations over --corpus are computed on the fly
+    into a shuffling buffer (under torchrun each process runs the LM on its own documents). Names as in extract."""
+    corpus: str = "embedded"
+    """With --model: the text (names as in extract)."""
+    max_tokens: int = 0
+    """With --model: training tokens per pass over the corpus, all processes together (0 = the whole corpus);
+    validation reads up to --eval-tokens tokens of held-out documents on top."""
+    max_seq_len: int = 256
+    """With --model: tokens per LM input."""
+    forward_batch: int = 16
+    """With --model: sequences per LM forward pass."""
+    buffer_rows: int = 65536
+    """With --model: rows of the shuffling buffer (one window of LM activations, shuffled, then served)."""
+    model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """With --model: dtype the LM runs in."""
     layer: int | None = None
-    """Layer of the store to train on (hidden_states[L]); none = the store's only layer."""
+    """Layer to train on (hidden_states[L]); none = the store's only layer (with --model: the middle layer)."""
     keep_outliers: bool = False
     """With --store: keep rows whose norm exceeds 10x the layer's median (attention sinks; left out by default)."""
     key: str = ""
@@ -70,8 +96,8 @@ def _run_train(args, argv) -> int:
     from ..training.trainer import Trainer
 
     inputs = read_config(args, TrainInputs, "inputs")
-    if bool(inputs.activations) == bool(inputs.store):
-        raise BitlensError("give one of --activations FILE or --store DIR")
+    if sum(map(bool, (inputs.activations, inputs.store, inputs.model))) != 1:
+        raise BitlensError("give one of --activations FILE, --store DIR or --model M")
     bae, train, loss = _training_configs(args)
     typed = typed_options(argv)
     overrides = {name: getattr(train, name) for name in typed & Trainer.RESUMABLE_OVERRIDES}
@@ -82,9 +108,21 @@ def _run_train(args, argv) -> int:
 
             logging.getLogger("bitlens").warning("resuming uses the checkpoint's settings; ignored: %s",
                                                  ", ".join(sorted(ignored)))
-    stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer, key=inputs.key or None,
-                      keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss, resume=inputs.resume,
-                      resume_overrides=overrides, allow_new_data=inputs.allow_new_data)
+    if inputs.model:
+        from ..api import train_from_model
+
+        stats = train_from_model(inputs.model, inputs.corpus, inputs.out, layer=inputs.layer,
+                                 max_tokens=inputs.max_tokens, max_seq_len=inputs.max_seq_len,
+                                 forward_batch=inputs.forward_batch, buffer_rows=inputs.buffer_rows,
+                                 model_dtype=inputs.model_dtype, bae=bae, train=train, loss=loss,
+                                 resume=inputs.resume, resume_overrides=overrides,
+                                 allow_new_data=inputs.allow_new_data)
+    else:
+        stats = train_run(inputs.activations or inputs.store, inputs.out, layer=inputs.layer,
+                          key=inputs.key or None, keep_outliers=inputs.keep_outliers, bae=bae, train=train, loss=loss,
+                          resume=inputs.resume, resume_overrides=overrides, allow_new_data=inputs.allow_new_data)
+    if launch_rank() > 0:
+        return 0
     target = f" (target {stats['target_fvu']:g})" if "target_fvu" in stats else " (fixed weights)"
     print(f"trained to step {stats['step']}: FVU {stats.get('fvu', float('nan')):.4f}{target}, "
           f"entropy {stats.get('entropy_bits', float('nan')):.2f} bits, L0 {stats.get('l0', float('nan')):.1f}; "
@@ -142,7 +180,9 @@ def _single(module: str, config: str, runner: str, report: Callable[[Any, Any], 
     def run(args, argv) -> int:
         mod = importlib.import_module(module, __package__)
         cfg = read_config(args, getattr(mod, config), "cfg")
-        report(cfg, getattr(mod, runner)(cfg))
+        result = getattr(mod, runner)(cfg)
+        if launch_rank() == 0:  # under torchrun process 0 reports for all
+            report(cfg, result)
         return 0
 
     return _config_options(module, config), run

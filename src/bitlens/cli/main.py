@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed by argparse)
         return int(e.code or 0)
-    setup_logging(args.quiet)
+    setup_logging(args.quiet or commands.launch_rank() > 0)  # under torchrun rank 0 speaks for all
     spec = commands.BY_NAME[args.command]
     try:
         return spec.run(args, argv) or 0

@@ -242,13 +242,15 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
                      max_seq_len: int = 256, forward_batch: int = 16, dtype: str = "float16",
                      max_tokens: int | None = None, include_first: bool = False, shard_rows: int = 65536,
                      order_seed: int | None = 0, overwrite: bool = False, progress: bool = True,
-                     extra_settings: dict | None = None, sites: Sequence[str] = ()) -> Path:
+                     extra_settings: dict | None = None, sites: Sequence[str] = (), rank: int = 0,
+                     world_size: int = 1) -> Path:
     """Extract ``layers`` for the corpus into the store folder ``out`` and return its path.
 
     Documents are processed in a seeded random order (``order_seed``; None keeps corpus order), so a
     ``max_tokens`` budget samples the whole corpus rather than its first documents. A store left
     unfinished by an interruption with the same settings is resumed from its last committed shard;
-    different settings are refused unless ``overwrite``.
+    different settings are refused unless ``overwrite``. With ``world_size`` > 1 this process extracts only the
+    documents ``order[rank::world_size]`` (one part of a store extracted under torchrun, ``parallel_extract``).
     """
     layers = check_layers(layers, lm.n_layers) if layers or not sites else []
     sites = check_sites(sites, lm.n_layers)
@@ -264,6 +266,8 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
                 "order_seed": order_seed, "max_tokens": max_tokens, **(extra_settings or {})}
     if sites:  # only when used, so stores written before sites existed keep their settings (and resume)
         settings["sites"] = sites
+    if world_size > 1:  # one part of a store extracted by several processes
+        settings["part"] = {"rank": rank, "processes": world_size}
     writer = StoreWriter.open(out, settings=settings, layers=layers, dim=lm.d_model, dtype=dtype,
                               shard_rows=shard_rows, overwrite=overwrite,
                               documents=lambda: _document_table(corpus, order),
@@ -274,7 +278,8 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     special_ids = set(lm.tokenizer.all_special_ids)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     bar = _progress(progress, max_tokens, writer.n_tokens)
-    sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len, start=writer.cursor)
+    sequences = iter_sequences(lm.tokenizer, corpus.documents, order[rank::world_size], max_seq_len,
+                               start=writer.cursor)
     done = max_tokens is not None and writer.n_tokens >= max_tokens  # killed between last shard and finish
     try:
         while not done:
@@ -380,12 +385,24 @@ def extract_main(cfg: ExtractConfig) -> Path:
     """Run `bitlens extract`: load the model and corpus, extract, print a one-line summary."""
     started = time.perf_counter()
     check_out_dir(cfg.out)  # before loading anything
-    lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=cfg.device)
+    from .parallel_extract import launch
+
+    device, world = cfg.device, launch()
+    if world.size > 1 and device.strip().lower() in ("cuda", "auto") and torch.cuda.is_available():
+        if world.local_rank >= torch.cuda.device_count():
+            raise BitlensError(f"local rank {world.local_rank} needs GPU {world.local_rank} but torch sees "
+                               f"{torch.cuda.device_count()}: start at most that many processes per node")
+        device = f"cuda:{world.local_rank}"  # under torchrun each process drives its own GPU
+    lm = load_model(cfg.model, gguf_file=cfg.gguf_file or None, dtype=cfg.model_dtype, device=device)
     layers = cfg.layers or ([] if cfg.sites else [lm.n_layers // 2])
     if layers:
         check_layers(layers, lm.n_layers)  # fail before loading a large corpus
     check_sites(cfg.sites, lm.n_layers)
     corpus = load_corpus(cfg.corpus, text_field=cfg.text_field)
+    from .parallel_extract import merge_parts
+
+    if world.size > 1:
+        return merge_parts(cfg, lm, corpus, layers, world, started, extract_to_store)
     out = extract_to_store(lm, corpus, cfg.out, layers=layers, max_seq_len=cfg.max_seq_len,
                            forward_batch=cfg.forward_batch, dtype=cfg.dtype, max_tokens=cfg.max_tokens or None,
                            include_first=cfg.include_first, shard_rows=cfg.shard_rows, order_seed=cfg.seed,

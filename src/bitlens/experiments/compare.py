@@ -148,15 +148,20 @@ def _load_overrides(path: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _train_one(plan: CoderPlan, run: Path, train_rows, val_rows, prepare=None, inputs=None):
-    """Train, resume or reuse the coder in ``run``; refuse a folder trained with other settings."""
+def _train_one(plan: CoderPlan, run: Path, train_rows, val_rows, prepare=None, inputs=None, world=None):
+    """Train, resume or reuse the coder in ``run``; refuse a folder trained with other settings. Under torchrun
+    (``world``) process 0 looks at the folder first (and records the settings), then the others."""
     from ..coders.registry import load
+    from ..training.distributed import SINGLE
     from ..training.run import resume_or_refuse, train_coder
 
+    world = world or SINGLE
     settings = {"architecture": plan.architecture, "coder": plan.coder.to_dict(),
                 "train": plan.train.settings(),
                 "loss": plan.loss.to_dict()}
-    state = resume_or_refuse(run, settings, plan.name)
+    state = resume_or_refuse(run, settings, plan.name) if world.main else None
+    world.barrier()
+    state = state or resume_or_refuse(run, settings, plan.name)
     if state == "finished":
         return load(run), "reused"
     resume = state == "resume"
@@ -249,8 +254,13 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     from ..data.sources import PairedRows
     from ..data.store import ActivationStore
 
+    from ..training.distributed import current_world
+
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    # under torchrun every process trains each coder on its share of the batches; process 0 alone evaluates,
+    # splices and writes the summary
+    world = current_world(cfg.device)
     overrides = _load_overrides(cfg.config)
     plans = coder_plans(cfg, overrides)
     store = ActivationStore(cfg.store)
@@ -259,11 +269,13 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
         raise BitlensError(f"compare needs a residual layer of the store (hidden_states[L]), not the site {layer}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, command="compare", config={"compare": cfg.to_dict(), "overrides": overrides,
-                                                   "coders": {p.name: {"coder": p.coder.to_dict(), "train": p.train.to_dict(),
-                                                                       "loss": p.loss.to_dict()} for p in plans}},
-                   seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store), "layer": layer,
-                                                     "store_settings": store.manifest.get("settings")})
+    if world.main:
+        coders = {p.name: {"coder": p.coder.to_dict(), "train": p.train.to_dict(), "loss": p.loss.to_dict()}
+                  for p in plans}
+        write_manifest(out, command="compare", config={"compare": cfg.to_dict(), "overrides": overrides,
+                                                       "coders": coders},
+                       seeds={"seed": cfg.seed}, inputs={"store": str(cfg.store), "layer": layer,
+                                                         "store_settings": store.manifest.get("settings")})
     train_rows, val_rows = store.split(cfg.val_fraction, cfg.seed, layer)
     eval_x = val_rows.rows(cfg.eval_tokens, seed=cfg.seed)
     inputs = {"store": str(cfg.store), "layer": layer}
@@ -276,29 +288,39 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
         run = out / "coders" / plan.name
         echo(f"[{i}/{len(plans)}] {plan.name}: {plan.train.steps} steps")
         if plan.name == "transcoder":
-            sites = site_store(store, cfg, layer, out, echo)
+            if world.main:  # extracts the side store if needed; the others then find it complete
+                sites = site_store(store, cfg, layer, out, echo)
+            world.barrier()
+            sites = sites if world.main else site_store(store, cfg, layer, out, echo)
             _, _, read, target = _sites_needed(cfg, layer)
             tr_in, va_in = sites.split(cfg.val_fraction, cfg.seed, read)
             tr, va = PairedRows(tr_in, tr_in.at(target)), PairedRows(va_in, va_in.at(target))
             model, how = _train_one(plan, run, tr, va, inputs={**inputs, "site_store": str(sites.path),
-                                                                "read": read, "target": target})
-            stats[plan.name] = _evaluate(model, run, va_in.rows(cfg.eval_tokens, seed=cfg.seed),
-                                         va_in.at(target).rows(cfg.eval_tokens, seed=cfg.seed))
+                                                                "read": read, "target": target}, world=world)
+            if world.main:
+                stats[plan.name] = _evaluate(model, run, va_in.rows(cfg.eval_tokens, seed=cfg.seed),
+                                             va_in.at(target).rows(cfg.eval_tokens, seed=cfg.seed))
         else:
             prepare = None
             if plan.name == "random":
                 def prepare(m, bae=models["bae"]):  # only for a fresh run: the rates cost an encoding pass
                     sample = train_rows.rows(65536, seed=cfg.seed)
                     m.match_rates(sample, firing_frequencies(bae, sample).float())
-            model, how = _train_one(plan, run, train_rows, val_rows, prepare=prepare, inputs=inputs)
-            stats[plan.name] = _evaluate(model, run, eval_x, None)
+            model, how = _train_one(plan, run, train_rows, val_rows, prepare=prepare, inputs=inputs, world=world)
+            if world.main:
+                stats[plan.name] = _evaluate(model, run, eval_x, None)
         models[plan.name] = model
+        if not world.main:
+            continue
         freqs[plan.name] = np.load(run / "frequencies.npy")
         timings[plan.name] = time.perf_counter() - t0
         s = stats[plan.name]
         echo(f"    {how}: FVU {s['fvu']:.3f}, L0 {s['l0']:.1f}, dead {s['dead']}, dense {s['dense']} "
              f"({timings[plan.name]:.0f}s)")
 
+    if not world.main:
+        world.barrier()  # until process 0 has written the summary
+        return {}
     t0 = time.perf_counter()
     splice = _splice_all(cfg, overrides.get("splice", {}), store, sites, layer, models, train_rows, val_rows, out,
                          echo) if cfg.splice_tokens > 0 else {}
@@ -317,6 +339,7 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     write_json(out / "compare.json", summary)
     write_text(out / "compare.md", markdown_table(rows))
     echo(markdown_table(rows))
+    world.barrier()
     return summary
 
 

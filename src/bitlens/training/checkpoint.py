@@ -47,8 +47,9 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
 #: trainer_state.json fields and the JSON types they must have
 _STATE_FIELDS = {"step": int, "total_steps": int, "variance": (int, float), "architecture": str,
                  "train_config": dict, "loss_config": dict, "optimizer": dict}
-#: fields only some runs have: the target-FVU controller's state (dual ascent)
-_OPTIONAL_FIELDS = {"dual": dict}
+#: fields only some runs have: the target-FVU controller's state (dual ascent); the per-rank positions of a source
+#: that streams activations from a model (one list of numbers per rank)
+_OPTIONAL_FIELDS = {"dual": dict, "stream": list}
 
 
 def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

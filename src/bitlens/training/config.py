@@ -150,7 +150,10 @@ class TrainConfig(Serializable):
     checkpoint_every: int = 2000
     """Write a resumable checkpoint every this many steps (and at the end, and on Ctrl-C)."""
     device: str = "cpu"
-    """cpu, cuda, cuda:N or auto (cuda when available)."""
+    """cpu, cuda, cuda:N or auto (cuda when available); under torchrun cuda is each process's own GPU."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Encoder matmul precision: bf16 runs the encoder under autocast (for GPUs; the bits stay exact 0/1 and the
+    decoder, losses and covariance stay fp32, but a pre-activation within bf16 rounding of 0 may flip its bit)."""
     revive_every: int = 0
     """BAE only: every this many steps re-initialise the units that are dead or constant-on on a sample of training
     rows, towards rows with high reconstruction error (revival.py; logged in revival.jsonl). 0 = never."""
@@ -164,7 +167,7 @@ class TrainConfig(Serializable):
     def settings(self) -> dict:
         """The fields that define the training, without those that only say where it runs and how it is watched
         (device, progress, evaluation and checkpoint cadence): what makes two runs the same run."""
-        watch = {"device", "progress", "eval_every", "eval_tokens", "checkpoint_every"}
+        watch = {"device", "precision", "progress", "eval_every", "eval_tokens", "checkpoint_every"}
         return {k: v for k, v in self.to_dict().items() if k not in watch}
 
     def __post_init__(self) -> None:
@@ -176,5 +179,7 @@ class TrainConfig(Serializable):
             raise ValueError("set steps >= 1 or epochs > 0")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
         if self.revive_every < 0 or not 0 <= self.revive_until <= 1 or self.revive_rows < 2:
             raise ValueError("revive_every must be >= 0, revive_until in [0, 1], revive_rows >= 2")

@@ -18,6 +18,7 @@ Function computes in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,9 @@ class StepSpec:
     cov_weight: float
     entropy_threshold: float = 0.0
     path: str = "auto"  # auto | dense | sparse
+    group: Any = None
+    """A ``distributed.BatchGroup`` when this batch is one rank's share of a global batch: the entropy, covariance
+    and reconstruction terms are then those of the global batch (exactly), and gradients reach only these rows."""
 
 
 def choose_path(density: float, path: str = "auto", device_type: str = "cpu") -> str:
@@ -71,36 +75,60 @@ class _DecoderLosses(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, h, xn, w_out, b_out, spec: StepSpec):
         hf = h.float()
-        b, m = hf.shape
+        rows, m = hf.shape  # this process's rows
         d = xn.shape[1]
         h8 = hf.to(torch.int8)
-        n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
-        l = hf.sum(1).to(torch.int32)
+        group = spec.group
+        if group is None:
+            h8_all, lo = h8, 0
+            n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
+            l = hf.sum(1).to(torch.int32)
+        else:  # every rank holds the global batch's bits (all-gathered, bit-packed) and its own rows' offset
+            h8_all, lo = group.gather_bits(h8)
+            n = h8_all.sum(0, dtype=torch.int32)
+            l = h8_all.sum(1, dtype=torch.int32)
+        b = h8_all.shape[0]  # the (global) batch the statistics are taken over
         path = choose_path(float(n.sum()) / max(b * m, 1), spec.path, hf.device.type)
 
         lists = lists_t = None
         if path == "sparse":
-            ht8 = h8.t().contiguous()
-            lists, lists_t = row_lists(h8), row_lists(ht8)
+            ht8 = h8_all.t().contiguous()
+            lists_all = row_lists(h8_all)
+            hs = sparse_sign_product(h8_all, n, l, lists_all, None, ht8)
+            if group is None:
+                lists, lists_t = lists_all, row_lists(ht8)
+            else:
+                hs = hs[lo:lo + rows]
+                lists, lists_t = row_lists(h8), row_lists(h8.t().contiguous())
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
-            hs = sparse_sign_product(h8, n, l, lists, lists_t, ht8)
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
-            hs = dense_sign_product(h8, n)
+            hs = dense_sign_product(h8_all, n)
+            if group is not None:  # this rank's rows of the global batch's hS
+                hs = hs[lo:lo + rows]
         colsum = hs.sum(0)  # int64
-        err = recon - xn  # [B, d]
+        err = recon - xn  # [rows, d]
         denom = b * spec.variance if spec.preset == "scale_free" else b * d
-        recon_term = err.pow(2).sum() / denom
 
         p = n.float() / b
         entropy = losses.binary_entropy(p).sum()
         entropy_on = not (spec.entropy_threshold > 0 and entropy.item() < spec.entropy_threshold)
         if not entropy_on:
-            entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free zero
-        cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
+            entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free 0
+        if group is None:
+            recon_term = err.pow(2).sum() / denom
+            cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
+        else:  # one all-reduce (float64: exact for the integer parts) of the squared error, sum h.hS and 1^T hS
+            on = (hs.view(-1)[lists.rows * m + lists.cols].sum(dtype=torch.int64) if lists is not None
+                  else (hs * h8).sum(dtype=torch.int64))
+            total = group.sum(torch.cat([err.pow(2).sum(dtype=torch.float64).view(1), on.double().view(1),
+                                         colsum.double()]))
+            recon_term = (total[0] / denom).to(hf.dtype)
+            colsum = total[2:].round().long()
+            cov = ((b * total[1] - (colsum * n).sum().double()) / (b * (b - 1))).to(hf.dtype)
 
         loss = recon_term + spec.entropy_weight * entropy + spec.cov_weight * cov
-        ctx.spec, ctx.path, ctx.entropy_on, ctx.denom = spec, path, entropy_on, denom
+        ctx.spec, ctx.path, ctx.entropy_on, ctx.denom, ctx.b = spec, path, entropy_on, denom, b
         ctx.h_dtype = h.dtype
         ctx.lists_t = lists_t
         ctx.save_for_backward(h8, err, w_out, hs, colsum, p)
@@ -115,7 +143,7 @@ class _DecoderLosses(torch.autograd.Function):
     def _backward(ctx, g_loss, g_recon, g_entropy, g_cov):
         h8, err, w_out, hs, colsum, p = ctx.saved_tensors
         spec = ctx.spec
-        b = h8.shape[0]
+        b = ctx.b  # the global batch: the statistics' gradients are divided by it, not by this rank's rows
         zero = err.new_zeros(())
         g_loss, g_recon, g_entropy, g_cov = (zero if g is None else g for g in (g_loss, g_recon, g_entropy, g_cov))
         # one host sync for the three coefficients, so zero weights (warm-up) skip their work
@@ -157,8 +185,9 @@ def decoder_losses(h: torch.Tensor, xn: torch.Tensor, w_out: torch.Tensor, b_out
     Args:
         h: [B, m] bits from ``binarize``; xn: [B, d] normalised inputs (the reconstruction target);
         w_out: [d, m] decoder weight; b_out: [d] decoder bias; spec: weights and options.
-    Returns: four scalars, as ``losses`` composes them (recon = normalized_mse or mse by preset).
+    Returns: four scalars, as ``losses`` composes them (recon = normalized_mse or mse by preset); with
+    ``spec.group`` those of the global batch (every rank returns the same values).
     """
-    if h.shape[0] < 2:
+    if h.shape[0] < 2 and spec.group is None:
         raise ValueError("the covariance penalty needs a batch of at least 2")
     return _DecoderLosses.apply(h, xn.float(), w_out, b_out, spec)

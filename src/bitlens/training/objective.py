@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,8 +47,9 @@ def term_weights(cfg: LossConfig, width: int, step: int, total_steps: int) -> tu
 
 
 def bae_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, variance: float,
-                  step: int, total_steps: int) -> LossTerms:
-    """Loss of a batch x [B, d] (raw space).
+                  step: int, total_steps: int, world: Any = None) -> LossTerms:
+    """Loss of a batch x [B, d] (raw space); with ``world`` (``distributed.World``, several processes) x is this
+    rank's share of a global batch and the terms are those of the global batch (``distributed.py``).
 
     For scale_free the terms are computed on x / input_scale, and ``variance`` is E||x/s - mean||^2 of the
     training data; for paper everything is in the raw space and ``variance`` is unused.
@@ -59,7 +60,7 @@ def bae_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, va
     code = binarize(model.encoder(xn), model.cfg.surrogate, model.cfg.tau)
     we, wc = term_weights(cfg, model.width, step, total_steps)
     spec = StepSpec(cfg.preset, float(variance) if cfg.preset == "scale_free" else 1.0, we, wc,
-                    cfg.entropy_threshold)
+                    cfg.entropy_threshold, group=world if world is not None and world.active else None)
     loss, recon, entropy, cov = decoder_losses(code, xn, model.decoder.weight, model.decoder.bias, spec)
     return LossTerms(loss, recon, entropy, cov, we, wc)
 

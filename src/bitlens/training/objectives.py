@@ -27,10 +27,13 @@ class ObjectiveSpec:
     """Serializable dataclass of the objective's settings."""
     log_names: dict[str, str] = field(default_factory=dict)
     """Renames of term fields in the metrics log (e.g. the BAE's entropy is logged as entropy_bits)."""
+    global_batch: bool = False
+    """The objective has batch statistics and takes ``world=`` (``distributed.World``): under torchrun it computes
+    the global batch's terms and gradients are summed over ranks. Otherwise (batch means) gradients are averaged."""
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "bae": ObjectiveSpec(bae_objective, LossConfig, {"entropy": "entropy_bits"}),
+    "bae": ObjectiveSpec(bae_objective, LossConfig, {"entropy": "entropy_bits"}, global_batch=True),
     **{arch: ObjectiveSpec(sae_objective, SparsityConfig)
        for arch in ("relu_sae", "topk_sae", "jumprelu_sae", "transcoder", "random")},
 }

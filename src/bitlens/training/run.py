@@ -82,23 +82,25 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     fingerprint the run has not seen is refused unless ``allow_new_data``; the manifest's ``inputs_seen`` lists
     every input with the step from which it was used.
     """
+    from .distributed import current_world
     from .objectives import default_coder_config, objective_for
     from .trainer import init_coder
 
     out_dir = check_out_dir(out_dir)
     spec = objective_for(architecture)
     cfg = cfg or TrainConfig()
+    world = current_world(cfg.device)  # torchrun: every rank runs this; rank 0 alone writes files
     coder = coder if coder is not None else default_coder_config(architecture)
     loss = loss if loss is not None else spec.loss_config()
     if resume:
-        trainer = Trainer.resume(out_dir, train, val, resume_overrides)  # checks files and dimensions first
+        trainer = Trainer.resume(out_dir, train, val, resume_overrides, world=world)  # checks files and dims first
         manifest, seen, new = _inputs_seen(out_dir, inputs)
         if new is not None and seen and not allow_new_data:
             last = seen[-1]
             raise BitlensError(f"{out_dir} was trained on {last.get('source')} (sha256 {str(last['sha256'])[:12]}); "
                                f"{new['source']} is other data (sha256 {new['sha256'][:12]}): allow new "
                                "data (--allow-new-data) to continue on it")
-        if new is not None and manifest is not None:
+        if new is not None and manifest is not None and world.main:
             manifest["inputs_seen"] = seen + [{**new, "from_step": trainer.step}]
             write_json(out_dir / "manifest.json", manifest)
     else:
@@ -114,21 +116,29 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
         model = init_coder(architecture, coder, train.rows(65536), loss, cfg.seed, targets)
         if prepare is not None:
             prepare(model)
-        trainer = Trainer(model, train, val, cfg, loss, out_dir)
+        trainer = Trainer(model, train, val, cfg, loss, out_dir, world=world)
         out_dir.mkdir(parents=True, exist_ok=True)
         scales = {"input_scale": float(trainer.model.input_scale)}
         if hasattr(trainer.model, "output_scale"):
             scales["output_scale"] = float(trainer.model.output_scale)
-        write_manifest(out_dir, command="train", config={
+        distributed = {"world_size": world.size, "batch_per_rank": trainer.local_batch,
+                       "sharded_data": trainer.sharded} if world.active else None
+        if world.main:
+            write_manifest(out_dir, command="train", config={
             "architecture": architecture, ("bae" if architecture == "bae" else "coder"): trainer.model.cfg.to_dict(),
-            "train": cfg.to_dict(), "loss": loss.to_dict(), **scales, "data_variance": trainer.variance,
-        }, seeds={"seed": cfg.seed}, inputs={**(inputs or {}), "train_rows": train.n_rows,
-                                              "val_rows": val.n_rows if val is not None else 0},
-            extra={"inputs_seen": [{**_input_id(inputs), "from_step": 0}] if _input_id(inputs) else []})
+                "train": cfg.to_dict(), "loss": loss.to_dict(), **scales, "data_variance": trainer.variance,
+                **({"distributed": distributed} if distributed else {}),
+            }, seeds={"seed": cfg.seed}, inputs={**(inputs or {}), "train_rows": train.n_rows,
+                                                  "val_rows": val.n_rows if val is not None else 0},
+                extra={"inputs_seen": [{**_input_id(inputs), "from_step": 0}] if _input_id(inputs) else []})
     try:
         last = trainer.fit()
     finally:
-        plot_training_curves(read_metrics(out_dir), out_dir / "curves.png")
+        if world.main:
+            plot_training_curves(read_metrics(out_dir), out_dir / "curves.png")
+    if not world.main:  # rank 0 evaluates and writes; the others wait until its files are there
+        world.barrier()
+        return trainer.model.eval(), {"step": trainer.step}
     # fit() evaluates at its last step; a resumed run that was already finished has not evaluated yet
     val = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} or trainer.evaluate()
     final = {"step": trainer.step, **val}
@@ -143,6 +153,7 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
                 "the target; train longer, or pick a reachable target from the entropy-distortion curve",
                 out_dir, fvu, trainer.controller.target, TARGET_TOLERANCE)
     write_json(out_dir / "final_metrics.json", final)
+    world.barrier()
     return trainer.model.eval(), final
 
 
@@ -150,7 +161,7 @@ def _input_id(inputs: dict[str, Any] | None) -> dict[str, Any] | None:
     """What identifies a run's data: its fingerprint, where it came from, and which part of it was used."""
     if not inputs or not inputs.get("sha256"):
         return None
-    source = inputs.get("store") or inputs.get("activations") or "?"
+    source = inputs.get("store") or inputs.get("activations") or inputs.get("source") or "?"
     return {"sha256": inputs["sha256"], "source": source,
             **{k: inputs[k] for k in ("layer", "key") if inputs.get(k) is not None}}
 

@@ -30,6 +30,7 @@ from ..devices import resolve_device
 from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
+from .distributed import World, current_world
 from .dual import controller_for
 from .objectives import objective_for
 from .schedules import cosine_tail
@@ -101,8 +102,11 @@ def _targets(source: RowSource, limit: int) -> torch.Tensor:
 
 
 def _to(batch, device: torch.device):
+    """The batch on ``device``; to a GPU from pinned memory, so the copy is asynchronous."""
     if isinstance(batch, (tuple, list)):
-        return tuple(b.to(device, non_blocking=True) for b in batch)
+        return tuple(_to(b, device) for b in batch)
+    if device.type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
 
 
@@ -111,8 +115,17 @@ def _rows_in(batch) -> int:
 
 
 class Trainer:
+    """Trains one coder; under torchrun (``world``, default: ``distributed.current_world``) every rank trains on
+    its share of each global batch with exact global-batch statistics (see ``distributed.py``), and rank 0 alone
+    evaluates, logs and writes checkpoints.
+
+    A source whose rows are already split across ranks (``sharded = True``: on-the-fly activations, each rank
+    running the LM on its own documents) serves this rank's share of every batch itself; one with ``stream_state``
+    resumes from the per-rank positions kept in the checkpoint (``stream`` in trainer_state.json)."""
+
     def __init__(self, model: torch.nn.Module, train: RowSource, val: RowSource | None,
-                 cfg: TrainConfig, loss: Any, out_dir: str | Path, variance: float | None = None):
+                 cfg: TrainConfig, loss: Any, out_dir: str | Path, variance: float | None = None,
+                 world: World | None = None):
         if train.dim != model.d_in:
             raise BitlensError(f"data has dimension {train.dim} but the coder expects {model.d_in}")
         self.spec = objective_for(model.architecture)
@@ -120,16 +133,28 @@ class Trainer:
             raise BitlensError(f"{model.architecture} trains with a {self.spec.loss_config.__name__}, "
                                f"not a {type(loss).__name__}")
         self.cfg, self.loss_cfg = cfg, loss
-        self.device = torch.device(resolve_device(cfg.device))
+        self.world = world if world is not None else current_world(cfg.device)
+        self.device = torch.device(resolve_device(self.world.device(cfg.device)))
         self.model = model.to(self.device)
         self.train_rows, self.val_rows = train, val
         self.out_dir = Path(out_dir)
-        self.batch_size = min(cfg.batch_size, train.n_rows)
-        self.steps_per_epoch = max(1, train.n_rows // self.batch_size)
+        self.sharded = bool(getattr(train, "sharded", False))
+        rows = train.n_rows  # rows of the global data; a sharded source's ranks agree on the smallest share's
+        if self.sharded:
+            rows = int(min(r[0] for r in self.world.gather_floats([rows]))) * self.world.size
+        self.batch_size = min(cfg.batch_size, rows)
+        self.local_batch = self.world.check_batch(self.batch_size)
+        self.steps_per_epoch = max(1, rows // self.batch_size)
         self.total_steps = (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
+        if self.world.active:  # one start for all ranks (a sharded source's init sample differs by rank)
+            self.world.broadcast_tensors([*self.model.parameters(), *self.model.buffers()])
+            self.variance = self.world.broadcast_float(self.variance)
+        self._stream_states: list[list[float]] | None = None
+        if hasattr(train, "stream_state"):  # every rank's source position, kept by rank 0 for its checkpoints
+            self._stream_states = self.world.gather_floats(train.stream_state())
         self._running: dict[str, float] = {}
         self.controller = controller_for(loss, self.total_steps)
         self._revived = 0
@@ -143,20 +168,24 @@ class Trainer:
                  "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
         if self.controller is not None:
             state["dual"] = self.controller.state()
+        if self._stream_states is not None:
+            state["stream"] = self._stream_states
         return state
 
     def save(self) -> Path:
+        """Write the checkpoint (rank 0 only; every rank holds the same weights and optimizer state)."""
         folder = self.out_dir / CHECKPOINT
-        save_checkpoint(folder, self.model, self.opt, self.state())
+        if self.world.main:
+            save_checkpoint(folder, self.model, self.opt, self.state())
         return folder
 
     #: fields a resumed run may change: where/how it reports, and how long it trains
-    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "eval_every", "eval_tokens",
+    RESUMABLE_OVERRIDES = frozenset({"steps", "epochs", "progress", "device", "precision", "eval_every", "eval_tokens",
                                      "checkpoint_every"})
 
     @classmethod
     def resume(cls, out_dir: str | Path, train: RowSource, val: RowSource | None,
-               overrides: dict[str, Any] | None = None) -> "Trainer":
+               overrides: dict[str, Any] | None = None, world: World | None = None) -> "Trainer":
         """Rebuild a trainer from ``out_dir/checkpoint``. With no ``overrides`` the run continues exactly as
         the uninterrupted one would; overriding ``steps``/``epochs`` extends (or shortens) it, which moves the
         LR schedule's tail and the default warm-up length from that point on."""
@@ -182,7 +211,10 @@ class Trainer:
             loss_cfg = loss_cls.from_dict(state["loss_config"])
         except (ValueError, TypeError) as e:
             raise BitlensError(f"{state_file}: {str(e).splitlines()[0]}") from None
-        trainer = cls(model, train, val, saved_cfg, loss_cfg, out_dir, variance=state["variance"])
+        world = world if world is not None else current_world(saved_cfg.device)
+        if hasattr(train, "stream_state"):  # before any collective: a wrong number of ranks fails on every rank
+            cls._check_stream(state.get("stream"), state_file, world, out_dir)
+        trainer = cls(model, train, val, saved_cfg, loss_cfg, out_dir, variance=state["variance"], world=world)
         try:
             restore_optimizer(trainer.opt, opt_tensors, state["optimizer"])
         except Exception as e:  # wrong keys or shapes: the optimizer state does not belong to this model
@@ -194,8 +226,22 @@ class Trainer:
                 trainer.controller.load(state["dual"])
             except (KeyError, TypeError, ValueError) as e:
                 raise BitlensError(f"{state_file}: dual: not a target-FVU controller state ({e})") from None
-        trainer._truncate_metrics()
+        if hasattr(train, "stream_state"):
+            train.load_stream_state(state["stream"][world.rank])
+            trainer._stream_states = state["stream"]
+        if trainer.world.main:
+            trainer._truncate_metrics()
         return trainer
+
+    @staticmethod
+    def _check_stream(saved: Any, state_file: Path, world: World, out_dir: str | Path) -> None:
+        """Each rank resumes its source from its position in the checkpoint; the split of the data across ranks
+        depends on their number, so a run that streams per rank resumes only with as many ranks as it started."""
+        if not isinstance(saved, list) or not all(isinstance(s, list) for s in saved):
+            raise BitlensError(f"{state_file}: no stream positions (stream) to resume an on-the-fly run from")
+        if len(saved) != world.size:
+            raise BitlensError(f"{out_dir} streams activations on {len(saved)} process(es), one document shard "
+                               f"each: resume it with {len(saved)} (not {world.size})")
 
     def _truncate_metrics(self) -> None:
         """Drop logged lines past the checkpoint's step so a resumed run does not duplicate them."""
@@ -207,6 +253,18 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[torch.Tensor]:
+        """This rank's share of each global batch."""
+        if self.sharded:  # the source serves this rank's rows itself
+            yield from self.train_rows.stream(self.local_batch)
+            return
+        lo, hi = self.world.share(self.batch_size)
+        for batch in self._global_batches():
+            # every rank reads the same global batch (a pure function of seed and step, so any number of ranks
+            # resumes any run) and keeps its own rows
+            yield batch if not self.world.active else (
+                tuple(b[lo:hi] for b in batch) if isinstance(batch, (tuple, list)) else batch[lo:hi])
+
+    def _global_batches(self) -> Iterator[torch.Tensor]:
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         while True:
             # only full batches, and exactly steps_per_epoch of them, so step -> (epoch, offset) stays exact
@@ -224,11 +282,12 @@ class Trainer:
         evaluation. On Ctrl-C/SIGTERM: checkpoint, then re-raise."""
         stop = self.total_steps if until is None else min(until, self.total_steps)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:  # a fresh start: lines of an earlier run killed before its first checkpoint go
+        if self.step == 0 and self.world.main:  # a fresh start: lines of a run killed before its first checkpoint go
             (self.out_dir / METRICS).unlink(missing_ok=True)
         self.model.train()
         last: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress,
+        world_kw = {"world": self.world} if self.world.active and self.spec.global_batch else {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.progress and self.world.main),
                    desc="train", unit="step", dynamic_ncols=True)
         try:
             with _sigterm_as_interrupt():
@@ -238,7 +297,9 @@ class Trainer:
                     x = _to(next(batches), self.device)
                     for group in self.opt.param_groups:
                         group["lr"] = self._lr()
-                    terms = objective(self.model, x, self._step_loss(), self.variance, self.step, self.total_steps)
+                    with torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                        terms = objective(self.model, x, self._step_loss(), self.variance, self.step,
+                                          self.total_steps, **world_kw)
                     loss = float(terms.loss.detach())  # _accumulate syncs on every term anyway
                     if not math.isfinite(loss):
                         raise BitlensError(
@@ -247,7 +308,11 @@ class Trainer:
                             "the data")
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
+                    # global-batch objectives: each rank's gradient is its rows' part of the sum; batch means: average
+                    self.world.sum_gradients(self.model.parameters(), average=not world_kw)
                     self.opt.step()
+                    if hasattr(self.train_rows, "stream_state"):  # every rank's position, for rank 0's checkpoint
+                        self._stream_states = self.world.gather_floats(self.train_rows.stream_state())
                     if self.controller is not None:
                         self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
                                                or terms.cov_weight > 0)
@@ -285,8 +350,12 @@ class Trainer:
             self._revive_rows = self.train_rows.rows(self.cfg.revive_rows)
         rev = revive_units(self.model, self.opt, self._revive_rows, self.model.cfg.init_rate, self.step, self.cfg.seed)
         self._revived += len(rev.units)
-        with open(self.out_dir / REVIVALS, "a") as f:
-            f.write(json.dumps(rev._asdict()) + "\n")
+        if self.world.active:  # rank 0's revival for all (a sharded source's sample differs by rank)
+            moments = [t for st in self.opt.state.values() for k, t in st.items() if k in ("exp_avg", "exp_avg_sq")]
+            self.world.broadcast_tensors([*self.model.parameters(), *moments])
+        if self.world.main:
+            with open(self.out_dir / REVIVALS, "a") as f:
+                f.write(json.dumps(rev._asdict()) + "\n")
 
     def _step_loss(self) -> Any:
         """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
@@ -297,13 +366,17 @@ class Trainer:
                                    cov_weight=self.loss_cfg.cov_weight * s)
 
     def _accumulate(self, terms) -> None:
-        """Running sums of the tensor-valued loss terms (weights and other plain numbers are not logged)."""
+        """Running sums of the tensor-valued loss terms (weights and other plain numbers are not logged); under
+        torchrun the rank mean of objectives without global-batch terms (those with them agree on every rank)."""
         r = self._running
         r["n"] = r.get("n", 0) + 1
-        for name, value in terms._asdict().items():
-            if isinstance(value, torch.Tensor):
-                name = self.spec.log_names.get(name, name)
-                r[name] = r.get(name, 0.0) + float(value.detach())
+        named = {self.spec.log_names.get(k, k): v.detach() for k, v in terms._asdict().items()
+                 if isinstance(v, torch.Tensor)}
+        if self.world.active and not self.spec.global_batch and named:
+            mean = self.world.sum(torch.stack([v.double().reshape(()) for v in named.values()])) / self.world.size
+            named = dict(zip(named, mean))
+        for name, value in named.items():
+            r[name] = r.get(name, 0.0) + float(value)
 
     def evaluate(self) -> dict[str, float]:
         """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
@@ -320,6 +393,8 @@ class Trainer:
 
     def log(self) -> dict[str, float]:
         r, self._running = self._running, {}
+        if not self.world.main:  # rank 0 evaluates and logs for all
+            return {}
         n = max(r.pop("n", 1), 1)
         record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
         record.update({f"train/{k}": v / n for k, v in r.items()})
