@@ -228,7 +228,8 @@ def _load_store_corpus(settings: dict):
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None) -> dict[str, Any]:
+def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None,
+              cofiring: bool = True) -> dict[str, Any]:
     from ..analysis.statistics import evaluate_coder
 
     cached = run / "eval.json"
@@ -237,7 +238,7 @@ def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None
         stats = json.loads(cached.read_text())
         if stats.get("step") == step and stats.get("n_rows") == rows.shape[0]:
             return stats
-    ev = evaluate_coder(model, rows, targets)
+    ev = evaluate_coder(model, rows, targets, cofiring=cofiring)
     np.save(run / "frequencies.npy", ev.frequencies)
     stats = {**ev.stats, "step": step}
     write_json(cached, stats)

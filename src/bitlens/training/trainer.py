@@ -106,6 +106,10 @@ def _to(batch, device: torch.device):
     return batch.to(device, non_blocking=True)
 
 
+def _nothing() -> None:
+    pass
+
+
 def _rows_in(batch) -> int:
     return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
 
@@ -247,7 +251,10 @@ class Trainer:
                             "the data")
                     self.opt.zero_grad(set_to_none=True)
                     terms.loss.backward()
+                    # constraints of the coder around the step (unit-norm SAE decoder columns, coders/sae.py)
+                    getattr(self.model, "before_optimizer_step", _nothing)()
                     self.opt.step()
+                    getattr(self.model, "after_optimizer_step", _nothing)()
                     if self.controller is not None:
                         self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
                                                or terms.cov_weight > 0)
