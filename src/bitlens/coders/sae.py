@@ -23,6 +23,8 @@ Baselines as the field trains them (issue 14), each with its source:
   are renormalised after it (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093, A.1;
   EleutherAI sparsify ``normalize_decoder``; dictionary_learning's JumpReLU trainer). relu_sae keeps free columns
   and weights its L1 by their norms instead (Anthropic's April 2024 update), so it ignores the option.
+* ``center_input`` (topk_sae): the encoder reads x - b_dec (Gao et al. 2024 eq. 1; sparsify's ``encode``); without
+  it the residual stream's large mean decides which latents win the top k, and the others never fire.
 * ``aux_k`` (topk_sae): the AuxK dead-latent loss (Gao et al. 2024 section 2.4 and B.1; sparsify): the model counts
   the training tokens since each latent last fired (a buffer, so a resumed run continues the count), and the
   objective (``training/sae_objective.py``) has the top-``aux_k`` dead latents reconstruct the residual.
@@ -77,13 +79,16 @@ class SAEConfig(Serializable):
     relu_sae and transcoder ignore it (their L1 is weighted by the column norms)."""
     aux_k: int = -1
     """topk_sae: dead latents used by the AuxK loss (Gao et al. 2024; -1 = d_in / 2 as sparsify; 0 = no AuxK)."""
+    center_input: bool = True
+    """topk_sae: the encoder reads x - b_dec (Gao et al. 2024 eq. 1; sparsify), so the data's mean does not decide
+    which latents win the top k."""
     init_l0: float = 0.0
     """jumprelu_sae: if > 0, each unit's initial threshold is its pre-activation's (1 - init_l0 / width) quantile on
     the training sample (at least --threshold), so training starts at L0 ~ init_l0; 0 = every threshold at
     --threshold."""
 
     #: fields a config written before issue 14 lacks, and the value it was trained with
-    LEGACY = {"unit_decoder": False, "aux_k": 0, "init_l0": 0.0}
+    LEGACY = {"unit_decoder": False, "aux_k": 0, "init_l0": 0.0, "center_input": False}
 
     @classmethod
     def from_dict(cls, data, drop_extra_fields=False):
@@ -190,6 +195,12 @@ class TopKSAE(SparseCoder):
         super().__init__(cfg)
         if cfg.aux_latents:  # AuxK's dead-latent clock: training tokens since each latent last fired
             self.register_buffer("tokens_since_fired", torch.zeros(cfg.width, dtype=torch.int64))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] raw inputs -> [..., width]; with center_input the encoder reads x / s - b_dec."""
+        if self.cfg.center_input and self.cfg.out_dim == self.cfg.d_in:
+            return self.encoder(x / self.input_scale - self.decoder.bias)
+        return super().pre_activation(x)
 
     @torch.no_grad()
     def note_firing(self, code: torch.Tensor) -> None:

@@ -67,6 +67,9 @@ class CompareConfig(Serializable):
     target_fvu: float = DEFAULT_TARGET_FVU
     """Target FVU of the BAE (minimum entropy subject to FVU <= F, by dual ascent); the SAEs keep their sparsity
     weights. 0 = the fixed weights 1 / 100."""
+    match_fvu: bool = False
+    """Train the SAEs first and the BAE to the median of their held-out FVUs (instead of --target-fvu), so the
+    table compares the coders at equal reconstruction (match.py)."""
     steps: int = 0
     """Training steps for every coder (0 = the per-coder defaults: bae 3000, SAEs and transcoder 2500, random 1000)."""
     seed: int = 0
@@ -86,6 +89,10 @@ class CompareConfig(Serializable):
             raise ValueError("the random control matches the BAE's firing rates: include bae")
         if self.transcoder_variant not in ("mlp", "official"):
             raise ValueError("transcoder_variant must be mlp or official")
+        if self.match_fvu:
+            from .match import check_match
+
+            check_match(self.coders)
 
 
 @dataclass
@@ -254,6 +261,10 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     timings: dict[str, float] = {}
     overrides = _load_overrides(cfg.config)
     plans = coder_plans(cfg, overrides)
+    if cfg.match_fvu:
+        from .match import match_order, matched_plan
+
+        plans = match_order(plans)
     store = ActivationStore(cfg.store)
     layer = store.default_layer(cfg.layer)
     if not isinstance(layer, int):
@@ -275,6 +286,9 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     for i, plan in enumerate(plans, 1):
         t0 = time.perf_counter()
         run = out / "coders" / plan.name
+        if cfg.match_fvu and plan.name == "bae":
+            plan = plans[i - 1] = matched_plan(plan, stats)
+            echo(f"matching the SAEs' median FVU: BAE target {plan.loss.target_fvu:.4f}")
         echo(f"[{i}/{len(plans)}] {plan.name}: {plan.train.steps} steps")
         if plan.name == "transcoder":
             sites = site_store(store, cfg, layer, out, echo)
@@ -308,6 +322,7 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     rows = [_table_row(p.name, stats[p.name], splice.get(p.name, {})) for p in plans]
     summary = {"store": str(cfg.store), "layer": layer, "d": store.dim, "eval_tokens": int(eval_x.shape[0]),
                "transcoder_variant": cfg.transcoder_variant, "splice_positions": cfg.splice_positions,
+               "bae_target_fvu": next((p.loss.target_fvu for p in plans if p.name == "bae"), None),
                "coders": rows, "details": {p.name: {"stats": stats[p.name], "splice": splice.get(p.name, {})}
                                            for p in plans},
                "seconds_this_run": {**timings, "total": time.perf_counter() - started}}
