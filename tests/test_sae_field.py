@@ -1,0 +1,108 @@
+"""The SAE baselines as the field trains them (issue 14): unit-norm decoder columns, TopK reading x - b_dec, the
+AuxK dead-latent loss, JumpReLU at a target L0, and older checkpoints loading with these options off."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bitlens.coders.registry import build, load, save_coder
+from bitlens.coders.sae import SAEConfig
+from bitlens.data.sources import split_rows
+from bitlens.training.config import TrainConfig
+from bitlens.training.run import train_coder
+from bitlens.training.sae_objective import SparsityConfig, auxk_loss, sae_objective
+from bitlens.training.trainer import Trainer, init_coder
+
+QUIET = dict(progress=False, eval_every=1000, checkpoint_every=1000)
+
+
+def test_unit_norm_decoder_columns_stay_unit(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    for arch in ("topk_sae", "jumprelu_sae"):
+        model, _ = train_coder(arch, tr, va, tmp_path / arch, SAEConfig(k=4), TrainConfig(steps=30, batch_size=128,
+                                                                                          **QUIET))
+        torch.testing.assert_close(model.decoder.weight.norm(dim=0), torch.ones(model.width))
+    relu, _ = train_coder("relu_sae", tr, va, tmp_path / "relu", SAEConfig(), TrainConfig(steps=30, batch_size=128,
+                                                                                         **QUIET))
+    assert not torch.allclose(relu.decoder.weight.norm(dim=0), torch.ones(relu.width))  # free columns, L1 by norm
+
+
+def test_topk_encoder_reads_the_centred_input():
+    torch.manual_seed(0)
+    model = build("topk_sae", SAEConfig(d_in=8, k=2))
+    with torch.no_grad():
+        model.decoder.bias.normal_()
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(model.pre_activation(x), model.encoder(x - model.decoder.bias))
+    plain = build("topk_sae", SAEConfig(d_in=8, k=2, center_input=False))
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(plain.pre_activation(x), model.encoder(x))
+
+
+def test_auxk_trains_only_dead_latents_on_the_residual():
+    torch.manual_seed(0)
+    model = init_coder("topk_sae", SAEConfig(d_in=16, k=2, aux_k=4), torch.randn(512, 16), SparsityConfig(), 0)
+    dead = torch.zeros(model.width, dtype=torch.bool)
+    dead[:10] = True
+    model.tokens_since_fired[dead] = 10_000  # these have not fired for longer than the window
+    x = torch.randn(64, 16)
+    cfg = SparsityConfig(dead_tokens=1000)
+    pre = model.pre_activation(x)
+    residual = (x / model.input_scale - model.decode_normalized(model.activate(pre))).detach()
+    auxk_loss(model, pre, residual, dead, 16.0).backward()
+    touched = model.decoder.weight.grad.abs().sum(0) > 0
+    assert touched[dead].any() and not touched[~dead].any()  # only dead columns reconstruct the residual
+    terms = sae_objective(model, x, cfg, 16.0, 5, 100)
+    assert terms.aux > 0 and float(terms.dead) == 10 / model.width
+    # the clock: every latent that fired in the batch is reset, the others aged by the batch size
+    fired = (model.encode(x) != 0).any(0)
+    assert (model.tokens_since_fired[fired] == 0).all()
+    assert (model.tokens_since_fired[~fired & ~dead] == 64).all()
+    off = init_coder("topk_sae", SAEConfig(d_in=16, k=2, aux_k=0), torch.randn(512, 16), SparsityConfig(), 0)
+    assert not hasattr(off, "tokens_since_fired") and float(sae_objective(off, x, cfg, 16.0, 5, 100).aux) == 0
+
+
+def test_topk_with_auxk_resumes_exactly(tmp_path, synth8):
+    """The dead-latent clock is part of the checkpoint: a resumed run repeats the uninterrupted one."""
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    coder, loss = SAEConfig(k=2, d_code=96, aux_k=8), SparsityConfig(dead_tokens=256)
+    cfg = TrainConfig(steps=40, batch_size=64, eval_every=20, checkpoint_every=20, progress=False)
+    full, _ = train_coder("topk_sae", tr, va, tmp_path / "full", coder, cfg, loss)
+    model = init_coder("topk_sae", SAEConfig(d_in=16, k=2, d_code=96, aux_k=8), tr.rows(65536), loss, 0)
+    Trainer(model, tr, va, cfg, loss, tmp_path / "half").fit(until=20)
+    resumed, _ = train_coder("topk_sae", tr, va, tmp_path / "half", resume=True)
+    assert int((full.tokens_since_fired > 256).sum()) > 0  # AuxK had dead latents to work on
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_jumprelu_starts_and_stays_near_its_target_l0(tmp_path, synth8):
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    start = init_coder("jumprelu_sae", SAEConfig(d_in=16, init_l0=6), tr.rows(65536), SparsityConfig(), 0)
+    assert abs(float((start.encode(va.rows()) != 0).sum(-1).float().mean()) - 6) < 1.5
+    l0 = {}
+    for target in (3, 12):
+        _, stats = train_coder("jumprelu_sae", tr, va, tmp_path / f"t{target}", SAEConfig(init_l0=target),
+                               TrainConfig(steps=150, batch_size=128, **QUIET), SparsityConfig(target_l0=target))
+        l0[target] = stats["l0"]
+    assert l0[3] < l0[12] and abs(l0[3] - 3) < 2 and abs(l0[12] - 12) < 5
+
+
+def test_a_cfg_json_from_before_issue_14_loads_with_the_options_off(tmp_path):
+    torch.manual_seed(0)
+    model = build("topk_sae", SAEConfig(d_in=8, k=2, aux_k=0, unit_decoder=False, center_input=False))
+    save_coder(model, tmp_path)
+    meta = json.loads((tmp_path / "cfg.json").read_text())
+    for name in ("aux_k", "unit_decoder", "center_input", "init_l0"):
+        del meta["config"][name]  # what an older bitlens wrote
+    (tmp_path / "cfg.json").write_text(json.dumps(meta))
+    old = load(tmp_path)
+    assert (old.cfg.aux_k, old.cfg.unit_decoder, old.cfg.center_input) == (0, False, False)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(old(x).reconstruction, model(x).reconstruction)
+    assert SAEConfig.from_dict({}).aux_k == -1  # an empty object is the current defaults
