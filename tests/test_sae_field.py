@@ -18,15 +18,21 @@ from bitlens.training.trainer import Trainer, init_coder
 QUIET = dict(progress=False, eval_every=1000, checkpoint_every=1000)
 
 
+def fit(arch, coder, tr, va, out, steps, loss=None, batch_size=128):
+    """A trained coder and its final validation statistics (the trainer alone: no curves, no manifest)."""
+    loss = loss or SparsityConfig()
+    model = init_coder(arch, coder, tr.rows(65536), loss, 0)
+    last = Trainer(model, tr, va, TrainConfig(steps=steps, batch_size=batch_size, **QUIET), loss, out).fit()
+    return model.eval(), {k[4:]: v for k, v in last.items() if k.startswith("val/")}
+
+
 def test_unit_norm_decoder_columns_stay_unit(tmp_path, synth8):
     x, _ = synth8
     tr, va = split_rows(x, 0.2, 0)
     for arch in ("topk_sae", "jumprelu_sae"):
-        model, _ = train_coder(arch, tr, va, tmp_path / arch, SAEConfig(k=4), TrainConfig(steps=30, batch_size=128,
-                                                                                          **QUIET))
+        model, _ = fit(arch, SAEConfig(d_in=16, k=4), tr, va, tmp_path / arch, 30)
         torch.testing.assert_close(model.decoder.weight.norm(dim=0), torch.ones(model.width))
-    relu, _ = train_coder("relu_sae", tr, va, tmp_path / "relu", SAEConfig(), TrainConfig(steps=30, batch_size=128,
-                                                                                         **QUIET))
+    relu, _ = fit("relu_sae", SAEConfig(d_in=16), tr, va, tmp_path / "relu", 30)
     assert not torch.allclose(relu.decoder.weight.norm(dim=0), torch.ones(relu.width))  # free columns, L1 by norm
 
 
@@ -87,8 +93,8 @@ def test_jumprelu_starts_and_stays_near_its_target_l0(tmp_path, synth8):
     assert abs(float((start.encode(va.rows()) != 0).sum(-1).float().mean()) - 6) < 1.5
     l0 = {}
     for target in (3, 12):
-        _, stats = train_coder("jumprelu_sae", tr, va, tmp_path / f"t{target}", SAEConfig(init_l0=target),
-                               TrainConfig(steps=150, batch_size=128, **QUIET), SparsityConfig(target_l0=target))
+        _, stats = fit("jumprelu_sae", SAEConfig(d_in=16, init_l0=target), tr, va, tmp_path / f"t{target}", 150,
+                       SparsityConfig(target_l0=target))
         l0[target] = stats["l0"]
     assert l0[3] < l0[12] and abs(l0[3] - 3) < 2 and abs(l0[12] - 12) < 5
 
