@@ -71,7 +71,7 @@ class SweepConfig(Serializable):
     """relu_sae: the L1 weights."""
     jumprelu_l0: list[float] = field(default_factory=list)
     """jumprelu_sae: the target L0s; empty = the TopK k values, so both span the same L0 range."""
-    steps: int = 400
+    steps: int = 300
     """Training steps of every point (the default fits 4 coders x 5 points + the paper point in an hour on 2 CPU
     cores; see BENCHMARKS.md)."""
     batch_size: int = 256
