@@ -121,6 +121,9 @@ def coder_plans(cfg: CompareConfig, overrides: dict[str, Any]) -> list[CoderPlan
             coder, loss = BAEConfig(), llm_loss(cfg.target_fvu)
         elif name == "random":
             coder, loss = RandomConfig(seed=cfg.seed), SparsityConfig()
+        elif name == "jumprelu_sae":  # at TopK's L0 (issue 14): penalty (L0/k - 1)^2, thresholds start there
+            coder = SAEConfig(init_l0=SAEConfig().k)
+            loss = SparsityConfig(target_l0=float(coder.init_l0))
         elif name == "transcoder" and cfg.transcoder_variant == "official":
             coder, loss = SAEConfig(activation="identity"), SparsityConfig()
         else:
