@@ -105,3 +105,21 @@ def test_matched_fvu_interpolates_inside_the_shared_range():
     assert at[("a", 0.3)] == pytest.approx(0.1) and at[("b", 0.4)] == pytest.approx(0.3)
     assert at[("b", 0.2)] == pytest.approx(0.05)
     assert matched_fvu([_row("a", "1", 0.4), _row("b", "1", 0.1)])["levels"] == []  # no overlap: no levels
+
+
+def test_lexical_rule_is_scored_on_rows_it_was_not_chosen_on():
+    import numpy as np
+    import torch
+
+    from bitlens.analysis.lexical import held_out_rule_f1, mean_lexical_f1
+
+    rng = np.random.default_rng(0)
+    token = rng.integers(0, 20, 4000)
+    state = np.isin(token, [3, 7])  # a purely lexical feature: perfect out of sample
+    fit = np.arange(4000) % 2 == 0
+    assert held_out_rule_f1(token, state, fit) == 1.0
+    unique = np.arange(4000)  # every token once: in-sample any state is "lexical", out of sample none is
+    assert held_out_rule_f1(unique, rng.random(4000) < 0.1, fit) == 0.0
+    codes = torch.from_numpy(np.stack([state, rng.random(4000) < 0.3, np.zeros(4000, bool)], 1).astype(np.float32))
+    m = mean_lexical_f1(codes, token)
+    assert m["n"] == 2 and m["n_lexical"] == 1 and 0.5 < m["mean_f1"] < 0.8  # the dead column is left out

@@ -14,7 +14,7 @@ the sparsest to the densest:
 
 Each point is a run folder ``points/<coder>/<label>/`` trained, evaluated and spliced with `bitlens compare`'s own
 steps (``compare._train_one``, ``compare._evaluate``) on the same held-out documents, plus the mean lexical-baseline
-F1 of its features (``analysis/lexical.py``). Every stage of every point is cached in its folder, so an interrupted
+F1 of its features (``analysis/lexical.py``: each rule chosen on half the held-out tokens, scored on the other). Every stage of every point is cached in its folder, so an interrupted
 sweep resumes point by point and a rerun trains nothing. Splicing runs once per coder for the points that lack it
 (the clean run is shared; the zero/mean ablations are cached once for the sweep).
 
@@ -164,7 +164,7 @@ def _lexical(model, run: Path, rows: torch.Tensor, token: np.ndarray, step: int)
     cached = run / "lexical.json"
     if cached.exists():
         data = json.loads(cached.read_text())
-        if data.get("step") == step and data.get("n_rows") == len(token):
+        if data.get("step") == step and data.get("n_rows") == len(token) and data.get("held_out"):
             return data
     data = {**mean_lexical_f1(encode_all(model, rows), token), "step": step, "n_rows": len(token)}
     write_json(cached, data)
