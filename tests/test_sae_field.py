@@ -112,3 +112,35 @@ def test_a_cfg_json_from_before_issue_14_loads_with_the_options_off(tmp_path):
     x = torch.randn(4, 8)
     torch.testing.assert_close(old(x).reconstruction, model(x).reconstruction)
     assert SAEConfig.from_dict({}).aux_k == -1  # an empty object is the current defaults
+
+
+def test_auxk_revives_planted_dead_latents(tmp_path):
+    """Planted problem: every token holds one feature of group A (e_0..e_7) and, half the time, one of group B
+    (e_8..e_15); k = 1. Latents 0-7 encode A at full scale; latents 8-15 have the right decoder columns but an
+    encoder a tenth as large, so they never win the top 1: dead. Without AuxK nothing ever trains them (no gradient
+    reaches a latent outside the top k); AuxK has them reconstruct the residual (the B part), their encoders grow,
+    and they start winning on tokens whose B feature is the larger."""
+    from bitlens.analysis.statistics import coder_statistics
+    from bitlens.data.sources import TensorRows
+
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    rows = torch.arange(n)
+    x = torch.zeros(n, 16)
+    x[rows, torch.randint(0, 8, (n,), generator=g)] = 1 + torch.rand(n, generator=g)
+    has_b = torch.rand(n, generator=g) < 0.5
+    x[rows[has_b], torch.randint(8, 16, (n,), generator=g)[has_b]] = 1 + torch.rand(int(has_b.sum()), generator=g)
+    result = {}
+    for aux_k in (0, 4):
+        loss = SparsityConfig(dead_tokens=256)
+        model = init_coder("topk_sae", SAEConfig(d_in=16, d_code=16, k=1, aux_k=aux_k), x, loss, 0)
+        with torch.no_grad():
+            model.encoder.weight.copy_(torch.diag(torch.tensor([1.0] * 8 + [0.1] * 8)))
+            model.encoder.bias.zero_()
+            model.decoder.weight.copy_(torch.eye(16))
+        assert coder_statistics(model, x)["dead"] == 8
+        Trainer(model, TensorRows(x), None, TrainConfig(steps=100, batch_size=64, lr=3e-2, **QUIET), loss,
+                tmp_path / f"aux{aux_k}").fit()
+        result[aux_k] = coder_statistics(model, x)
+    assert result[0]["dead"] == 8  # nothing revives them without AuxK
+    assert result[4]["dead"] <= 2 and result[4]["fvu"] < result[0]["fvu"] - 0.03
