@@ -9,9 +9,9 @@ Stages, each cached in the output folder so an interrupted run resumes without r
 3. splicing into the LM on held-out documents (``splice.json``);
 4. ``compare.json`` (list ``coders``), ``compare.md`` (the table), ``frequencies.png``, ``units.png``.
 
-Coders (d' = 4d for all): ``bae`` (``llm_loss``: trained to ``--target-fvu``), ``relu_sae`` (ReLU + L1),
-``topk_sae`` (ReLU then TopK),
-``jumprelu_sae`` (learned thresholds, L0), ``random`` (random features at the BAE's firing rates, trained
+Coders (d' = 4d for all): ``bae`` (``llm_loss``: trained to ``--target-fvu``, or with ``--match-fvu`` to the SAEs'
+median FVU, ``match.py``), ``relu_sae`` (ReLU + L1), ``topk_sae`` (ReLU then TopK of W(x - b_dec), AuxK, unit-norm
+decoder), ``jumprelu_sae`` (learned thresholds, at TopK's L0), ``random`` (random features at the BAE's firing rates, trained
 decoder), ``transcoder`` (MLP input -> MLP output of block L; ``transcoder_variant=official``: MLP input of block
 L-1 -> hidden_states[L] with an identity activation, as the official code). A JSON ``--config`` file overrides any
 coder's settings: ``{"topk_sae": {"coder": {"k": 64}, "train": {"steps": 5000}, "loss": {...}}, "splice": {...}}``.
