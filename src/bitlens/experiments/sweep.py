@@ -72,8 +72,8 @@ class SweepConfig(Serializable):
     jumprelu_l0: list[float] = field(default_factory=list)
     """jumprelu_sae: the target L0s; empty = the TopK k values, so both span the same L0 range."""
     steps: int = 300
-    """Training steps of every point (the default fits 4 coders x 5 points + the paper point in an hour on 2 CPU
-    cores; see BENCHMARKS.md)."""
+    """Training steps of every point (short, so 4 coders x 5 points + the paper point fit a shared 2-core machine:
+    timings in BENCHMARKS.md; raise it for converged frontiers)."""
     batch_size: int = 256
     """Rows per step (the BAE's entropy is a batch statistic: keep >= 256)."""
     eval_tokens: int = 25000
