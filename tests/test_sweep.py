@@ -87,6 +87,7 @@ def test_monotonicity_names_rises_and_missed_targets():
             _row("bae", "target_fvu_0.3", 0.30, {"target_fvu": 0.3}),
             _row("bae", "target_fvu_0.2", 0.25, {"target_fvu": 0.2}),
             _row("bae", "target_fvu_0.1", 0.26, {"target_fvu": 0.1}),
+            _row("bae", "target_fvu_0.05", 0.26, {"target_fvu": 0.05}),
             _row("bae", "paper", 0.9, {"preset": "paper"})]  # the paper point is no rung: never a rise
     mono = monotonicity(rows)
     assert mono["topk_sae"] == {"monotone": True, "fvu": [0.40, 0.30, 0.301], "note": ""}  # within the tolerance
@@ -94,6 +95,8 @@ def test_monotonicity_names_rises_and_missed_targets():
     assert not mono["bae"]["monotone"]
     assert "target 0.2 not reached" in mono["bae"]["note"] and "target 0.1 not reached" in mono["bae"]["note"]
     assert "target 0.3 not" not in mono["bae"]["note"]
+    over = monotonicity([_row("bae", "target_fvu_0.35", 0.24, {"target_fvu": 0.35})])["bae"]
+    assert over["monotone"] and "FVU 0.2400 below its target 0.35" in over["note"]
 
 
 def test_matched_fvu_interpolates_inside_the_shared_range():

@@ -26,7 +26,7 @@ def ladder(rows: Sequence[dict[str, Any]], coder: str) -> list[dict[str, Any]]:
 
 def monotonicity(rows: Sequence[dict[str, Any]], tol: float = MONOTONE_TOL) -> dict[str, dict[str, Any]]:
     """Per coder: ``monotone`` (FVU falls, within ``tol``, from each rung to the next denser one) and a ``note``
-    naming every rise and every BAE target missed by more than ``TARGET_TOL``."""
+    naming every rise and every BAE target missed (either way) by more than ``TARGET_TOL``."""
     out = {}
     for coder in dict.fromkeys(r["coder"] for r in rows):
         rungs = ladder(rows, coder)
@@ -34,7 +34,10 @@ def monotonicity(rows: Sequence[dict[str, Any]], tol: float = MONOTONE_TOL) -> d
                  for a, b in zip(rungs, rungs[1:]) if b["fvu"] > a["fvu"] + tol]
         missed = [f"target {r['setting']['target_fvu']:g} not reached in {r['steps']} steps (FVU {r['fvu']:.4f})"
                   for r in rungs if "target_fvu" in r["setting"] and r["fvu"] > r["setting"]["target_fvu"] + TARGET_TOL]
-        note = rises + missed
+        under = [f"FVU {r['fvu']:.4f} below its target {r['setting']['target_fvu']:g} (the entropy weight was still "
+                 f"rising after {r['steps']} steps)" for r in rungs
+                 if "target_fvu" in r["setting"] and r["fvu"] < r["setting"]["target_fvu"] - TARGET_TOL]
+        note = rises + missed + under
         if rises and missed:
             note.append("targets below the FVU this many steps can reach leave the entropy weight near zero, so "
                         "those points differ only by noise")
