@@ -105,3 +105,24 @@ def test_compare_under_torchrun_trains_every_coder_in_two_processes(store, tmp_p
     for name in ("bae", "topk_sae"):
         manifest = json.loads((out / "coders" / name / "manifest.json").read_text())
         assert manifest["config"]["distributed"]["world_size"] == 2
+
+
+def test_compare_match_fvu_trains_the_bae_to_the_saes_median(store, tmp_path, capsys):
+    """--match-fvu: the SAEs train first and the BAE's target FVU is the median of their held-out FVUs."""
+    import statistics
+
+    out = tmp_path / "m"
+    argv = ["compare", "--store", str(store), "--layer", "2", "--out", str(out), "--coders", "bae,relu_sae,topk_sae",
+            "--match-fvu", "--steps", "30", "--splice-tokens", "0", "--eval-tokens", "300", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert [c["name"] for c in summary["coders"]] == ["relu_sae", "topk_sae", "bae"]
+    median = statistics.median(c["fvu"] for c in summary["coders"] if c["name"] != "bae")
+    assert summary["bae_target_fvu"] == median
+    settings = json.loads((out / "coders" / "bae" / "run_settings.json").read_text())
+    assert settings["loss"]["target_fvu"] == median  # the BAE was trained to it, not to --target-fvu
+    assert "matching the SAEs' median FVU" in capsys.readouterr().out
+    assert main(argv) == 0 and "reused" in capsys.readouterr().out  # a rerun finds the same target: nothing retrained
+    assert main(["compare", "--store", str(store), "--out", str(tmp_path / "x"), "--coders", "bae,random",
+                 "--match-fvu"]) == 2
+    assert "match_fvu needs bae and at least one of" in capsys.readouterr().err

@@ -197,6 +197,12 @@ def _report_compare(cfg, summary) -> None:
           f"({summary['seconds_this_run']['total']:.0f}s)")
 
 
+def _report_sweep(cfg, summary) -> None:
+    print(f"{len(summary['points'])} points ({summary['trained_this_run']} trained or resumed this run); wrote "
+          f"{cfg.out}/sweep.json and frontier_l0.png, frontier_ce.png, frontier_units.png, frontier_lexical.png "
+          f"({summary['seconds_this_run']:.0f}s)")
+
+
 def _report_interpret(cfg, summary) -> None:
     if "n_scored" in summary:
         print(f"{summary['n_scored']} of {summary['n_features']} features scored; interpretable by threshold "
@@ -301,6 +307,9 @@ COMMANDS = [
     Command("compare", "Train the BAE and the SAE baselines at the same width on one store and layer; compare "
             "statistics and splicing.", *_single("..experiments.compare", "CompareConfig", "run_compare",
                                                  _report_compare)),
+    Command("sweep", "Frontiers: train the BAE and the SAE baselines at several sparsity settings each (target FVU, "
+            "k, L1, target L0) on one store and layer; FVU, L0, dead/dense units, CE recovered and lexical F1 per "
+            "point, plotted at shared FVU.", *_single("..experiments.sweep", "SweepConfig", "run_sweep", _report_sweep)),
     Command("interpret", "Explain coder features with an LLM and score the explanations (default or comsem mode).",
             *_single("..interpretation.pipeline", "InterpretConfig", "run_interpret", _report_interpret)),
     Command("dashboard", "Static HTML feature browser for a coder: sortable index and one page per live feature "

@@ -9,9 +9,9 @@ Stages, each cached in the output folder so an interrupted run resumes without r
 3. splicing into the LM on held-out documents (``splice.json``);
 4. ``compare.json`` (list ``coders``), ``compare.md`` (the table), ``frequencies.png``, ``units.png``.
 
-Coders (d' = 4d for all): ``bae`` (``llm_loss``: trained to ``--target-fvu``), ``relu_sae`` (ReLU + L1),
-``topk_sae`` (ReLU then TopK),
-``jumprelu_sae`` (learned thresholds, L0), ``random`` (random features at the BAE's firing rates, trained
+Coders (d' = 4d for all): ``bae`` (``llm_loss``: trained to ``--target-fvu``, or with ``--match-fvu`` to the SAEs'
+median FVU, ``match.py``), ``relu_sae`` (ReLU + L1), ``topk_sae`` (ReLU then TopK of W(x - b_dec), AuxK, unit-norm
+decoder), ``jumprelu_sae`` (learned thresholds, at TopK's L0), ``random`` (random features at the BAE's firing rates, trained
 decoder), ``transcoder`` (MLP input -> MLP output of block L; ``transcoder_variant=official``: MLP input of block
 L-1 -> hidden_states[L] with an identity activation, as the official code). A JSON ``--config`` file overrides any
 coder's settings: ``{"topk_sae": {"coder": {"k": 64}, "train": {"steps": 5000}, "loss": {...}}, "splice": {...}}``.
@@ -67,6 +67,9 @@ class CompareConfig(Serializable):
     target_fvu: float = DEFAULT_TARGET_FVU
     """Target FVU of the BAE (minimum entropy subject to FVU <= F, by dual ascent); the SAEs keep their sparsity
     weights. 0 = the fixed weights 1 / 100."""
+    match_fvu: bool = False
+    """Train the SAEs first and the BAE to the median of their held-out FVUs (instead of --target-fvu), so the
+    table compares the coders at equal reconstruction (match.py)."""
     steps: int = 0
     """Training steps for every coder (0 = the per-coder defaults: bae 3000, SAEs and transcoder 2500, random 1000)."""
     seed: int = 0
@@ -86,6 +89,10 @@ class CompareConfig(Serializable):
             raise ValueError("the random control matches the BAE's firing rates: include bae")
         if self.transcoder_variant not in ("mlp", "official"):
             raise ValueError("transcoder_variant must be mlp or official")
+        if self.match_fvu:
+            from .match import check_match
+
+            check_match(self.coders)
 
 
 @dataclass
@@ -114,6 +121,9 @@ def coder_plans(cfg: CompareConfig, overrides: dict[str, Any]) -> list[CoderPlan
             coder, loss = BAEConfig(), llm_loss(cfg.target_fvu)
         elif name == "random":
             coder, loss = RandomConfig(seed=cfg.seed), SparsityConfig()
+        elif name == "jumprelu_sae":  # at TopK's L0 (issue 14): penalty (L0/k - 1)^2, thresholds start there
+            coder = SAEConfig(init_l0=SAEConfig().k)
+            loss = SparsityConfig(target_l0=float(coder.init_l0))
         elif name == "transcoder" and cfg.transcoder_variant == "official":
             coder, loss = SAEConfig(activation="identity"), SparsityConfig()
         else:
@@ -233,7 +243,8 @@ def _load_store_corpus(settings: dict):
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None) -> dict[str, Any]:
+def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None,
+              cofiring: bool = True) -> dict[str, Any]:
     from ..analysis.statistics import evaluate_coder
 
     cached = run / "eval.json"
@@ -242,7 +253,7 @@ def _evaluate(model, run: Path, rows: torch.Tensor, targets: torch.Tensor | None
         stats = json.loads(cached.read_text())
         if stats.get("step") == step and stats.get("n_rows") == rows.shape[0]:
             return stats
-    ev = evaluate_coder(model, rows, targets)
+    ev = evaluate_coder(model, rows, targets, cofiring=cofiring)
     np.save(run / "frequencies.npy", ev.frequencies)
     stats = {**ev.stats, "step": step}
     write_json(cached, stats)
@@ -263,6 +274,10 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     world = current_world(cfg.device)
     overrides = _load_overrides(cfg.config)
     plans = coder_plans(cfg, overrides)
+    if cfg.match_fvu:
+        from .match import match_order, matched_plan
+
+        plans = match_order(plans)
     store = ActivationStore(cfg.store)
     layer = store.default_layer(cfg.layer)
     if not isinstance(layer, int):
@@ -286,6 +301,9 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     for i, plan in enumerate(plans, 1):
         t0 = time.perf_counter()
         run = out / "coders" / plan.name
+        if cfg.match_fvu and plan.name == "bae":
+            plan = plans[i - 1] = matched_plan(plan, stats)
+            echo(f"matching the SAEs' median FVU: BAE target {plan.loss.target_fvu:.4f}")
         echo(f"[{i}/{len(plans)}] {plan.name}: {plan.train.steps} steps")
         if plan.name == "transcoder":
             if world.main:  # extracts the side store if needed; the others then find it complete
@@ -329,6 +347,7 @@ def run_compare(cfg: CompareConfig, echo=logging.getLogger(__name__).info) -> di
     rows = [_table_row(p.name, stats[p.name], splice.get(p.name, {})) for p in plans]
     summary = {"store": str(cfg.store), "layer": layer, "d": store.dim, "eval_tokens": int(eval_x.shape[0]),
                "transcoder_variant": cfg.transcoder_variant, "splice_positions": cfg.splice_positions,
+               "bae_target_fvu": next((p.loss.target_fvu for p in plans if p.name == "bae"), None),
                "coders": rows, "details": {p.name: {"stats": stats[p.name], "splice": splice.get(p.name, {})}
                                            for p in plans},
                "seconds_this_run": {**timings, "total": time.perf_counter() - started}}

@@ -110,6 +110,10 @@ def _to(batch, device: torch.device):
     return batch.to(device, non_blocking=True)
 
 
+def _nothing() -> None:
+    pass
+
+
 def _rows_in(batch) -> int:
     return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
 
@@ -310,7 +314,10 @@ class Trainer:
                     terms.loss.backward()
                     # global-batch objectives: each rank's gradient is its rows' part of the sum; batch means: average
                     self.world.sum_gradients(self.model.parameters(), average=not world_kw)
+                    # constraints of the coder around the step (unit-norm SAE decoder columns, coders/sae.py)
+                    getattr(self.model, "before_optimizer_step", _nothing)()
                     self.opt.step()
+                    getattr(self.model, "after_optimizer_step", _nothing)()
                     if hasattr(self.train_rows, "stream_state"):  # every rank's position, for rank 0's checkpoint
                         self._stream_states = self.world.gather_floats(self.train_rows.stream_state())
                     if self.controller is not None:
