@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..coders.registry import REGISTRY
 from ..io import BitlensError
 from .config import LossConfig
+from .multibit_objective import multibit_objective
 from .objective import bae_objective
 from .sae_objective import SparsityConfig, sae_objective
 
@@ -31,6 +32,7 @@ class ObjectiveSpec:
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "bae": ObjectiveSpec(bae_objective, LossConfig, {"entropy": "entropy_bits"}),
+    "multibit_bae": ObjectiveSpec(multibit_objective, LossConfig, {"entropy": "entropy_bits"}),
     **{arch: ObjectiveSpec(sae_objective, SparsityConfig)
        for arch in ("relu_sae", "topk_sae", "jumprelu_sae", "transcoder", "random")},
 }

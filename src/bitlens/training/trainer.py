@@ -39,12 +39,14 @@ METRICS = "metrics.jsonl"
 REVIVALS = "revival.jsonl"
 
 
-def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
+def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int,
+             architecture: str = "bae") -> BinaryAutoencoder:
     """A fresh BAE for rows like ``sample`` [n, d]: seeded init; for scale_free also the input scale and a
     decoder bias at the (normalised) data mean, so training starts from the mean predictor's error; with
-    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``)."""
+    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``). ``architecture``
+    multibit_bae: the same start for a multi-bit autoencoder (``cfg`` a ``MultiBitConfig``)."""
     torch.manual_seed(seed)
-    model = BinaryAutoencoder(cfg)
+    model = BinaryAutoencoder(cfg) if architecture == "bae" else build(architecture, cfg)
     if loss.preset == "scale_free":
         model.fit_input_scale(sample)
         with torch.no_grad():
@@ -59,8 +61,8 @@ def init_coder(architecture: str, cfg: Any, sample: torch.Tensor, loss: Any, see
     """A fresh coder for rows like ``sample`` [n, d] (and targets like ``target_sample``): seeded init, input
     (and output) scale fitted, decoder bias at the normalised target mean. ``cfg.d_in`` (and ``d_out``) must be set.
     The random control's thresholds still need ``match_rates``."""
-    if architecture == "bae":
-        return init_bae(cfg, sample, loss, seed)
+    if architecture in ("bae", "multibit_bae"):
+        return init_bae(cfg, sample, loss, seed, architecture)
     torch.manual_seed(seed)
     model = build(architecture, cfg)
     if hasattr(model, "fit_scales"):
