@@ -112,6 +112,20 @@ class MultiBitAutoencoder(BinaryAutoencoder):
     def n_levels(self) -> int:
         return 1 << self.cfg.bits_per_unit
 
+    @torch.no_grad()
+    def sparse_start(self, x: torch.Tensor, rate: float) -> None:
+        """The BAE's sparse start (each unit fires, level >= 1, on a fraction ``rate`` of the rows x [n, d]), then each
+        unit's weights and bias scaled so that its pre-activation reaches the top level on a tenth of those rows:
+        the firing rows spread over the levels instead of all sitting in the first one (which would make a k-bit
+        unit start as a weak 1-bit unit)."""
+        super().sparse_start(x, rate)
+        pre = self.encoder(x[:8192] / self.input_scale)  # [n, d']
+        top = torch.quantile(pre.float(), 1 - rate / 10, dim=0).clamp_min(1e-6)
+        factor = self.cfg.level_range / top
+        self.encoder.weight.mul_(factor[:, None])
+        if self.encoder.bias is not None:
+            self.encoder.bias.mul_(factor)
+
     def steps(self, pre: torch.Tensor) -> list[torch.Tensor]:
         return level_steps(pre, self.cfg.bits_per_unit, self.cfg.level_range, self.cfg.surrogate, self.cfg.tau)
 
