@@ -164,3 +164,17 @@ def test_train_load_compress_decompress_with_two_bits(tmp_path):
     save_coder(model, tmp_path / "again")
     again = load(tmp_path / "again")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_sparse_start_spreads_firing_rows_over_the_levels():
+    from bitlens.training.trainer import init_bae
+
+    torch.manual_seed(0)
+    x = torch.randn(4000, 16) * 3
+    model = init_bae(MultiBitConfig(d_in=16, d_code=24, bits_per_unit=3), x, LossConfig(), 0, "multibit_bae")
+    levels = model.encode_levels(x)
+    fires = (levels > 0).float().mean(0)
+    assert torch.allclose(fires, torch.full_like(fires, 0.03), atol=0.01)  # the BAE's start: 3% of rows
+    top = (levels == 7).float().mean(0)
+    assert torch.allclose(top, torch.full_like(top, 0.003), atol=0.002)  # top level on a tenth of them
+    assert len(torch.unique(levels[levels > 0])) == 7  # the firing rows use every level
