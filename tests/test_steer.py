@@ -26,7 +26,8 @@ def test_builtin_tasks_split_without_overlap(name):
     split = split_items(task, seed=0, n_estimate=8, n_evaluate=8)
     groups = [{e.group for e in side} for side in split]
     assert all(a.isdisjoint(b) for i, a in enumerate(groups) for b in groups[i + 1:])
-    assert len(split.evaluate) == 8 and len(split.estimate) == min(8, len(inputs) - 16) and len(split.pool) >= 8
+    assert len(split.evaluate) + len(split.estimate) == min(16, len(inputs) - 8) and len(split.pool) >= 8
+    assert len(split.evaluate) >= 6 and len(split.estimate) >= 6
     texts = prompt_texts(task, split.evaluate, split.pool, 4, 0, 1, "")
     for query, text in zip(split.evaluate, texts):
         lines = text.split("\n")
@@ -139,3 +140,8 @@ def test_steer_command_on_a_tiny_model_and_a_compare_folder(tmp_path):
     assert main(args[:-1] + [str(tmp_path / "o2"), "--layer", "9"]) == 2  # the tiny model has blocks 0..3
     assert main(["steer", "--coder", str(tmp_path / "nothing"), "--model", "x", "--layer", "1"]) == 2
     assert np.isfinite(summary["tasks"]["number"]["zero_shot"]["accuracy"])
+
+
+def test_a_small_task_shares_its_queries_between_estimation_and_evaluation():
+    split = split_items(builtin_task("number"), seed=0, n_estimate=48, n_evaluate=48)
+    assert len(split.pool) == 8 and len(split.evaluate) == 6 and len(split.estimate) == 7

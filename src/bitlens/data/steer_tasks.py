@@ -92,9 +92,14 @@ class ItemSplit(NamedTuple):
 
 def split_items(task: ICLTask, seed: int, n_estimate: int, n_evaluate: int, min_pool: int = 8) -> ItemSplit:
     """Disjoint pool / estimation / evaluation sets, split by group (an item for built-in tasks, a document for the
-    corpus tasks): groups are shuffled once and dealt to evaluation first, then estimation, the rest to the pool;
-    a side may get fewer queries than asked when the task is small (the pool keeps at least ``min_pool`` items)."""
+    corpus tasks): groups are shuffled once and dealt to evaluation first, then estimation, the rest to the pool.
+    The pool keeps at least ``min_pool`` groups; when fewer groups remain than asked for, evaluation and estimation
+    share them (half each), so a small task (``number``: 21 items) still runs, with fewer queries."""
     groups = sorted({e.group for e in task.examples})
+    available = len(groups) - min_pool
+    if 2 <= available < n_estimate + n_evaluate:
+        n_evaluate = min(n_evaluate, max(1, available // 2))
+        n_estimate = min(n_estimate, available - n_evaluate)
     rng = np.random.default_rng([seed, 17])
     order = [groups[i] for i in rng.permutation(len(groups))]
     by_group: dict[str, list[Example]] = {}

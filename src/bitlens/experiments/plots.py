@@ -161,8 +161,8 @@ def plot_steer(tasks: dict[str, Any], path: str | Path) -> None:
         for i, (method, entry) in enumerate(task["methods"].items()):
             xs = [c["strength"] for c in entry["curve"]]
             ys = [c["accuracy"] for c in entry["curve"]]
-            err = [[y - c["ci95"][0] for y, c in zip(ys, entry["curve"])],
-                   [c["ci95"][1] - y for y, c in zip(ys, entry["curve"])]]
+            err = [[max(0.0, y - c["ci95"][0]) for y, c in zip(ys, entry["curve"])],  # rounding at 0 and 1
+                   [max(0.0, c["ci95"][1] - y) for y, c in zip(ys, entry["curve"])]]
             ax.errorbar([x + 0.03 * i for x in xs], ys, yerr=err, fmt="o-", ms=3, capsize=2, color=f"C{i % 10}",
                         label=method)
         ax.axhline(task["zero_shot"]["accuracy"], color="gray", ls=":", label="0-shot")

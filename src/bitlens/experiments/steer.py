@@ -177,7 +177,8 @@ def steer_task(lm, coders: dict[str, torch.nn.Module], task, layer: int, cfg: St
     """Estimate every method's task vector on ``task`` and measure steering on its held-out queries."""
     from ..data.steer_tasks import split_items
 
-    split = split_items(task, cfg.seed, cfg.n_estimate, cfg.n_evaluate)
+    # a pool of at least 2k items, so the k demonstrations of different prompts differ
+    split = split_items(task, cfg.seed, cfg.n_estimate, cfg.n_evaluate, min_pool=max(8, 2 * cfg.k))
     if len(split.pool) < cfg.k:
         raise BitlensError(f"task {task.name}: the pool holds {len(split.pool)} items, fewer than k = {cfg.k}")
     label_ids, suffix = answer_tokens(lm.tokenizer, task.labels)
