@@ -11,6 +11,8 @@ File format (``.blc``, "bitlens codes"; everything little-endian; readable with 
     28      4     uint32 index_bits b (sparse: bits per stored index; packed: 0)
     32      ...   payload
 
+    (version 2, multi-bit level codes with k bits per unit stated in the header: see ``level_codes.py``)
+
     packed payload: n * ceil(d'/8) bytes, np.packbits(codes, axis=1) (bit order big: unit 0 is the high bit of byte 0)
     sparse payload: reference code, ceil(d'/8) bytes, np.packbits(ref)
                     counts, n uint32: how many bits of each vector differ from the reference
@@ -86,6 +88,8 @@ def decode_codes(data: bytes) -> np.ndarray:
     magic, version, kind, n, width, bits = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BitlensError("not a bitlens code file (bad magic bytes)")
+    if version == 2:
+        raise BitlensError("a multi-bit level-code file (version 2): read it with bitlens.analysis.level_codes")
     if version != VERSION:
         raise BitlensError(f"code file version {version}; this bitlens reads version {VERSION}")
     body = np.frombuffer(data, dtype=np.uint8, offset=HEADER.size)

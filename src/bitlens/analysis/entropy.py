@@ -25,6 +25,15 @@ def bernoulli_entropy_bits(p: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.nan_to_num(h, nan=0.0)
 
 
+def categorical_entropy_bits(p: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Entropy in bits of each row of a distribution over levels (0 log 0 = 0). Args: p [m, L]. Returns: [m]
+    float64. For L = 2 this is ``bernoulli_entropy_bits`` of the second column."""
+    p = np.asarray(p.detach().cpu() if isinstance(p, torch.Tensor) else p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log2(p), 0.0).sum(-1)
+    return h
+
+
 def plugin_entropy_bits(counts: np.ndarray) -> float:
     """Plug-in (maximum-likelihood) entropy in bits of a histogram of counts."""
     counts = np.asarray(counts, dtype=np.float64)

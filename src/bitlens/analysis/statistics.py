@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..ops.bit_products import int_mm
-from .entropy import bernoulli_entropy_bits
+from .entropy import bernoulli_entropy_bits, categorical_entropy_bits
 
 
 class CoderEvaluation(NamedTuple):
@@ -70,10 +70,15 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
     directed = 0  # rows with a non-zero target: cosine and norm ratio are undefined on a zero vector
     fires = None
     gram = None
+    n_levels = getattr(model, "n_levels", 2)  # multi-bit coders (ours): entropy over each unit's levels
+    level_counts = torch.zeros(model.width, n_levels, dtype=torch.float64) if n_levels > 2 else None
     for start in range(0, n, chunk):
         code = model.encode(rows[start:start + chunk].to(device).float())
         x_hat = model.decode(code)
         x = targets[start:start + chunk].float()
+        if level_counts is not None:
+            levels = torch.round(code.detach().cpu().double() * (n_levels - 1)).long()
+            level_counts += torch.nn.functional.one_hot(levels, n_levels).sum(0, dtype=torch.float64)
         active = (code != 0).to(torch.int8).cpu()
         fires = active.sum(0, dtype=torch.float64) if fires is None else fires + active.sum(0, dtype=torch.float64)
         if cofiring:
@@ -105,7 +110,8 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         "fvu": float(sq_err / total_var.clamp_min(1e-30)),
         "cosine": float(cos_sum / max(directed, 1)),
         "relative_norm": float(ratio_sum / max(directed, 1)),
-        "entropy_bits": float(bernoulli_entropy_bits(f).sum()),
+        "entropy_bits": float(bernoulli_entropy_bits(f).sum()) if level_counts is None
+        else float(categorical_entropy_bits(level_counts / n).sum()),
         "covariance": float(cov_pen),
         "l0": float(f.sum()),
         "l0_minority": float(torch.minimum(f, 1 - f).sum()),
@@ -116,4 +122,7 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         "rare_1e-5": int(((f > 0) & (f < 1e-5)).sum()),
         "rare_1e-6": int(((f > 0) & (f < 1e-6)).sum()),
     }
+    if level_counts is not None:  # the on/off part of a multi-bit code, comparable with a BAE's bits
+        stats["entropy_bits_on_off"] = float(bernoulli_entropy_bits(f).sum())
+        stats["bits_per_unit"] = int(n_levels).bit_length() - 1
     return CoderEvaluation(stats, f.numpy())

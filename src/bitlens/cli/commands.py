@@ -86,8 +86,11 @@ class TrainInputs:
 
 
 def _register_train(p, defaults) -> None:
+    from ..coders.multibit import LevelConfig
+
     add_config(p, TrainInputs, "inputs", title="data and run folder")
     _add_training_options(p, defaults)
+    add_config(p, LevelConfig, "levels", defaults=defaults, title="multi-bit decoding (ours, experimental)")
 
 
 def _run_train(args, argv) -> int:
@@ -99,6 +102,11 @@ def _run_train(args, argv) -> int:
     if sum(map(bool, (inputs.activations, inputs.store, inputs.model))) != 1:
         raise BitlensError("give one of --activations FILE, --store DIR or --model M")
     bae, train, loss = _training_configs(args)
+    from ..coders.multibit import LevelConfig, MultiBitConfig
+
+    levels = read_config(args, LevelConfig, "levels")
+    if levels.bits_per_unit > 1:
+        bae = MultiBitConfig.from_bae(bae, levels)
     typed = typed_options(argv)
     overrides = {name: getattr(train, name) for name in typed & Trainer.RESUMABLE_OVERRIDES}
     if inputs.resume:
@@ -270,6 +278,18 @@ def _report_icl(cfg, summary) -> None:
     print(f"wrote {cfg.out}/icl.json and {cfg.out}/icl.png")
 
 
+def _report_steer(cfg, summary) -> None:
+    for name, task in summary["tasks"].items():
+        z, k = task["zero_shot"], task["k_shot"]
+        print(f"{name}: 0-shot {z['accuracy']:.2f} [{z['ci95'][0]:.2f}, {z['ci95'][1]:.2f}], {summary['k']}-shot "
+              f"{k['accuracy']:.2f} [{k['ci95'][0]:.2f}, {k['ci95'][1]:.2f}] (n={z['n']})")
+        for method, entry in task["methods"].items():
+            b = entry["best"]
+            print(f"  {method:<14} best {b['accuracy']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}] at strength "
+                  f"{b['strength']:g} (top-1 {b['top1']:.2f})")
+    print(f"wrote {cfg.out}/steer.json and {cfg.out}/steer.png")
+
+
 ENTROPY_ANALYSES = {
     "layers": ("Entropy, FVU and L0 of each layer, one BAE per layer on the same tokens.",
                _single("..experiments.layers", "LayersConfig", "run_layers", _report_layers)),
@@ -322,6 +342,9 @@ COMMANDS = [
             *_single("..experiments.compress", "CompressConfig", "run_compress", _report_compress)),
     Command("decompress", "Decode a BAE code file back to hidden states (.npy).",
             *_single("..experiments.compress", "DecompressConfig", "run_decompress", _report_decompress)),
+    Command("steer", "In-context-learning steering with feature task vectors: add each coder's (and the centroid's) "
+            "task vector at the last token during 0-shot inference and measure accuracy.",
+            *_single("..experiments.steer", "SteerConfig", "run_steer", _report_steer)),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 PRESET_NAMES = tuple(PRESETS)

@@ -11,12 +11,14 @@ from safetensors.torch import load_file, save_file
 from .._version import __version__
 from ..io import BitlensError, atomic_path, read_json_object, safetensors_header, write_json
 from .bae import BAEConfig, BinaryAutoencoder
+from .multibit import MultiBitAutoencoder, MultiBitConfig
 from .random_control import RandomConfig, RandomControl
 from .sae import JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, Transcoder
 
 #: architecture name -> (module class, config class)
 REGISTRY: dict[str, tuple[type[torch.nn.Module], Any]] = {
     "bae": (BinaryAutoencoder, BAEConfig),
+    "multibit_bae": (MultiBitAutoencoder, MultiBitConfig),  # ours: k bits per unit (coders/multibit.py)
     "relu_sae": (ReLUSAE, SAEConfig),
     "topk_sae": (TopKSAE, SAEConfig),
     "jumprelu_sae": (JumpReLUSAE, SAEConfig),

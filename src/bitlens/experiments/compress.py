@@ -20,8 +20,9 @@ import torch
 from ..config import Serializable
 from ..devices import resolve_device
 from ..io import BitlensError, atomic_path, write_json, write_manifest
-from ..analysis.compression import index_bits, read_codes, reference_code, write_codes
-from ..analysis.entropy import bernoulli_entropy_bits
+from ..analysis.compression import index_bits, reference_code
+from ..analysis.entropy import bernoulli_entropy_bits, categorical_entropy_bits
+from ..analysis.level_codes import read_any_codes, reference_levels, write_any_codes
 
 
 @dataclass
@@ -64,9 +65,11 @@ class DecompressConfig(Serializable):
 
 @torch.no_grad()
 def reconstruct(model, codes: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """BAE decoder applied to codes uint8 [n, d'] -> float32 [n, d]; the one decoding path of both commands."""
+    """BAE decoder applied to codes uint8 [n, d'] (bits, or levels of a multi-bit coder) -> float32 [n, d]; the one
+    decoding path of both commands."""
     device = next(model.parameters()).device
-    out = [model.decode(torch.from_numpy(codes[i:i + chunk]).float().to(device)).cpu().numpy()
+    decode = model.decode_levels if _bits(model) > 1 else lambda c: model.decode(c.float())
+    out = [decode(torch.from_numpy(codes[i:i + chunk]).to(device)).cpu().numpy()
            for i in range(0, len(codes), chunk)]
     return np.concatenate(out) if out else np.zeros((0, model.d_in), np.float32)
 
@@ -80,11 +83,23 @@ def _errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
     return {"mse": float(err / x.size), "fvu": float(err / max(total, 1e-300)), "cosine": float(cos.mean())}
 
 
+def _bits(model) -> int:
+    """Bits per unit: k of a multi-bit coder (ours; its codes are level indices), 1 for a BAE."""
+    return int(getattr(model, "bits_per_unit", 1))
+
+
+@torch.no_grad()
+def encode_levels(model, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Level indices uint8 [n, d'] of a multi-bit coder."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_levels(x[i:i + chunk].to(device)).cpu() for i in range(0, x.shape[0], chunk)])
+
+
 def _load_bae(path: str):
     from ..coders.registry import load
 
     model = load(path)
-    if not getattr(model, "binary", False):
+    if not getattr(model, "binary", False) and _bits(model) == 1:
         raise BitlensError(f"{path} is a {model.architecture} coder; compression needs a binary (BAE) code")
     return model
 
@@ -103,7 +118,8 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    codes = encode_all(model, x, progress=cfg.progress).numpy()
+    bits = _bits(model)
+    codes = (encode_levels(model, x) if bits > 1 else encode_all(model, x, progress=cfg.progress)).numpy()
     encode_s = time.perf_counter() - started
     x_np = x.numpy()
     n, width = codes.shape
@@ -111,24 +127,29 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     sizes, round_trip = {}, True
     for kind in ("packed", "sparse"):
         path = out / f"codes.{kind}.blc"
-        sizes[kind] = write_codes(path, codes, kind)
-        round_trip &= bool(np.array_equal(read_codes(path), codes))
+        sizes[kind] = write_any_codes(path, codes, kind, bits)
+        round_trip &= bool(np.array_equal(read_any_codes(path)[0], codes))
     x_hat = reconstruct(model, codes)
-    round_trip &= bool(np.array_equal(reconstruct(model, read_codes(out / "codes.sparse.blc")), x_hat))
+    round_trip &= bool(np.array_equal(reconstruct(model, read_any_codes(out / "codes.sparse.blc")[0]), x_hat))
     bae_err = _errors(x_np, x_hat)
-    p = codes.mean(0, dtype=np.float64)
-    flips = (codes != reference_code(codes)).sum(1)
+    if bits > 1:  # levels: the entropy bound is each unit's categorical entropy; a stored unit costs b + k bits
+        hist = np.stack([(codes == v).mean(0, dtype=np.float64) for v in range(1 << bits)], -1)
+        bound = float(categorical_entropy_bits(hist).sum())
+        flips = (codes != reference_levels(codes, bits)).sum(1)
+    else:
+        bound = float(bernoulli_entropy_bits(codes.mean(0, dtype=np.float64)).sum())
+        flips = (codes != reference_code(codes)).sum(1)
     rows = [
         {"format": "fp32", "bits_per_vector": 32.0 * d, **_errors(x_np, x_np.astype(np.float32))},
         {"format": "fp16", "bits_per_vector": 16.0 * d, **_errors(x_np, x_np.astype(np.float16).astype(np.float32))},
         {"format": "bae-packed (file)", "bits_per_vector": 8.0 * sizes["packed"] / n, **bae_err},
         {"format": "bae-sparse (file)", "bits_per_vector": 8.0 * sizes["sparse"] / n, **bae_err},
         {"format": "bae-sparse (ideal: ceil(log2 d') bits per index)",
-         "bits_per_vector": float(flips.mean() * index_bits(width)), **bae_err},
-        {"format": "entropy bound (sum of H_b(p_j))", "bits_per_vector": float(bernoulli_entropy_bits(p).sum()),
-         **bae_err},
+         "bits_per_vector": float(flips.mean() * (index_bits(width) + (bits if bits > 1 else 0))), **bae_err},
+        {"format": "entropy bound (sum of H_b(p_j))" if bits == 1 else "entropy bound (sum of level entropies)",
+         "bits_per_vector": bound, **bae_err},
     ]
-    summary = {"coder": cfg.coder, "store": cfg.store, "layer": layer, "n_vectors": n, "d": d, "d_prime": width,
+    summary = {"coder": cfg.coder, "store": cfg.store, "layer": layer, "n_vectors": n, "d": d, "d_prime": width, "bits_per_unit": bits,
                "store_dtype": store.manifest["dtype"], "mean_flipped_bits": float(flips.mean()),
                "index_bits": index_bits(width), "round_trip_exact": round_trip, "encode_seconds": encode_s,
                "file_bytes": sizes, "rows": rows}
@@ -142,7 +163,9 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
 
 def run_decompress(cfg: DecompressConfig) -> Path:
     model = _load_bae(cfg.coder)
-    codes = read_codes(cfg.input)
+    codes, bits = read_any_codes(cfg.input)
+    if bits != _bits(model):
+        raise BitlensError(f"{cfg.input} holds codes of {bits} bit(s) per unit, the coder has {_bits(model)}")
     if codes.shape[1] != model.width:
         raise BitlensError(f"{cfg.input} holds {codes.shape[1]}-bit codes, the BAE has {model.width} units")
     result = codes if cfg.codes_only else reconstruct(model, codes)

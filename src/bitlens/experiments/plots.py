@@ -149,3 +149,27 @@ def plot_unit_counts(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     b.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_steer(tasks: dict[str, Any], path: str | Path) -> None:
+    """Per task: accuracy against steering strength, one line per method (95% intervals as bars), with the
+    unsteered 0-shot and the k-shot accuracies as horizontal references."""
+    names = list(tasks)
+    fig, axes = subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        task = tasks[name]
+        for i, (method, entry) in enumerate(task["methods"].items()):
+            xs = [c["strength"] for c in entry["curve"]]
+            ys = [c["accuracy"] for c in entry["curve"]]
+            err = [[max(0.0, y - c["ci95"][0]) for y, c in zip(ys, entry["curve"])],  # rounding at 0 and 1
+                   [max(0.0, c["ci95"][1] - y) for y, c in zip(ys, entry["curve"])]]
+            ax.errorbar([x + 0.03 * i for x in xs], ys, yerr=err, fmt="o-", ms=3, capsize=2, color=f"C{i % 10}",
+                        label=method)
+        ax.axhline(task["zero_shot"]["accuracy"], color="gray", ls=":", label="0-shot")
+        ax.axhline(task["k_shot"]["accuracy"], color="k", ls="--", label="k-shot")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{name}: steered 0-shot accuracy")
+        ax.set_xlabel("strength (x tv)")
+        ax.set_ylabel("accuracy over the label set")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ..coders.registry import REGISTRY
 from ..io import BitlensError
 from .config import LossConfig
+from .multibit_objective import multibit_objective
 from .objective import bae_objective
 from .sae_objective import SparsityConfig, sae_objective
 
@@ -30,10 +31,14 @@ class ObjectiveSpec:
     global_batch: bool = False
     """The objective has batch statistics and takes ``world=`` (``distributed.World``): under torchrun it computes
     the global batch's terms and gradients are summed over ranks. Otherwise (batch means) gradients are averaged."""
+    local_only: bool = False
+    """The objective has batch statistics but no global-batch implementation yet: refused under torchrun (averaged
+    per-rank entropies would be another objective)."""
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "bae": ObjectiveSpec(bae_objective, LossConfig, {"entropy": "entropy_bits"}, global_batch=True),
+    "multibit_bae": ObjectiveSpec(multibit_objective, LossConfig, {"entropy": "entropy_bits"}, local_only=True),
     **{arch: ObjectiveSpec(sae_objective, SparsityConfig)
        for arch in ("relu_sae", "topk_sae", "jumprelu_sae", "transcoder", "random")},
 }

@@ -64,7 +64,10 @@ def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae:
     Returns the trained model (eval mode) and its final validation statistics.
     Raises KeyboardInterrupt after writing a checkpoint when interrupted.
     """
-    return train_coder("bae", train, val, out_dir, bae or BAEConfig(), cfg, loss or LossConfig(), resume=resume,
+    from ..coders.multibit import MultiBitConfig
+
+    architecture = "multibit_bae" if isinstance(bae, MultiBitConfig) else "bae"  # k > 1 bits per unit: ours
+    return train_coder(architecture, train, val, out_dir, bae or BAEConfig(), cfg, loss or LossConfig(), resume=resume,
                        inputs=inputs, resume_overrides=resume_overrides, allow_new_data=allow_new_data)
 
 

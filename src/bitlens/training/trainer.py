@@ -40,12 +40,14 @@ METRICS = "metrics.jsonl"
 REVIVALS = "revival.jsonl"
 
 
-def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int) -> BinaryAutoencoder:
+def init_bae(cfg: BAEConfig, sample: torch.Tensor, loss: LossConfig, seed: int,
+             architecture: str = "bae") -> BinaryAutoencoder:
     """A fresh BAE for rows like ``sample`` [n, d]: seeded init; for scale_free also the input scale and a
     decoder bias at the (normalised) data mean, so training starts from the mean predictor's error; with
-    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``)."""
+    ``cfg.init == "sparse"`` the sparse start (``BinaryAutoencoder.sparse_start``). ``architecture``
+    multibit_bae: the same start for a multi-bit autoencoder (``cfg`` a ``MultiBitConfig``)."""
     torch.manual_seed(seed)
-    model = BinaryAutoencoder(cfg)
+    model = BinaryAutoencoder(cfg) if architecture == "bae" else build(architecture, cfg)
     if loss.preset == "scale_free":
         model.fit_input_scale(sample)
         with torch.no_grad():
@@ -60,8 +62,8 @@ def init_coder(architecture: str, cfg: Any, sample: torch.Tensor, loss: Any, see
     """A fresh coder for rows like ``sample`` [n, d] (and targets like ``target_sample``): seeded init, input
     (and output) scale fitted, decoder bias at the normalised target mean. ``cfg.d_in`` (and ``d_out``) must be set.
     The random control's thresholds still need ``match_rates``."""
-    if architecture == "bae":
-        return init_bae(cfg, sample, loss, seed)
+    if architecture in ("bae", "multibit_bae"):
+        return init_bae(cfg, sample, loss, seed, architecture)
     torch.manual_seed(seed)
     model = build(architecture, cfg)
     if hasattr(model, "fit_scales"):
@@ -138,6 +140,8 @@ class Trainer:
                                f"not a {type(loss).__name__}")
         self.cfg, self.loss_cfg = cfg, loss
         self.world = world if world is not None else current_world(cfg.device)
+        if self.world.active and self.spec.local_only:
+            raise BitlensError(f"{model.architecture} has no data-parallel objective yet: train it in one process")
         self.device = torch.device(resolve_device(self.world.device(cfg.device)))
         self.model = model.to(self.device)
         self.train_rows, self.val_rows = train, val
