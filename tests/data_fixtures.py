@@ -67,3 +67,14 @@ def non_causal_model_dir() -> Path:
     DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(out)
     json.loads((out / "config.json").read_text())  # sanity: it is a real config file
     return out
+
+
+def tiny_store(root: Path, n_docs: int = 10) -> Path:
+    """A one-layer (layer 2) activation store of the tiny model on a small written corpus, under ``root``."""
+    from bitlens.data.corpora import load_corpus
+    from bitlens.data.extract import extract_to_store
+    from bitlens.data.models import load_model
+
+    corpus = load_corpus(write_corpus(root / "corpus", n_docs=n_docs))
+    return extract_to_store(load_model(tiny_model_dir()), corpus, root / "store", layers=[2], max_seq_len=24,
+                            forward_batch=4, shard_rows=200, progress=False)

@@ -7,10 +7,7 @@ import json
 import pytest
 
 from bitlens.cli.main import main
-from bitlens.data.corpora import load_corpus
-from bitlens.data.extract import extract_to_store
-from bitlens.data.models import load_model
-from data_fixtures import tiny_model_dir, write_corpus
+from data_fixtures import tiny_store
 
 FIELDS = ("name", "fvu", "mse", "cosine", "l0", "dead_frac", "dense_frac", "constant_on_frac", "kl", "jsd",
           "ce_increase", "ce_recovered")
@@ -18,10 +15,7 @@ FIELDS = ("name", "fvu", "mse", "cosine", "l0", "dead_frac", "dense_frac", "cons
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    lm = load_model(tiny_model_dir())
-    corpus = load_corpus(write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=10))
-    return extract_to_store(lm, corpus, tmp_path_factory.mktemp("s") / "store", layers=[2], max_seq_len=24,
-                            forward_batch=4, shard_rows=200, progress=False)
+    return tiny_store(tmp_path_factory.mktemp("s"))
 
 
 def test_compare_writes_the_table_and_resumes(store, tmp_path, capsys):

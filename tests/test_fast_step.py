@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bitlens.coders.bae import BAEConfig, BinaryAutoencoder
-from bitlens.ops import fast_cov
+from bitlens.ops import bit_products, fast_cov
 from bitlens.training import fast_step, losses
 from bitlens.training.config import LossConfig
 from bitlens.training.objective import bae_objective, reference_objective
@@ -139,9 +139,9 @@ def test_auto_path_switches_on_density(monkeypatch):
     assert fast_step.choose_path(0.5) == "dense"
     assert fast_step.choose_path(0.5, "sparse") == "sparse"
     assert fast_step.choose_path(0.03, device_type="cuda") == "sparse"  # fast int8 products: the higher switch
-    monkeypatch.setattr(fast_step, "cpu_int8_is_fast", lambda: False)
+    monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: False)
     assert fast_step.choose_path(0.03) == "dense"
-    monkeypatch.setattr(fast_step, "cpu_int8_is_fast", lambda: True)
+    monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
 
 
@@ -166,8 +166,8 @@ def test_dense_sign_product_float_and_integer_routes_agree(monkeypatch, b, m, de
     """CPUs without a fast int8 GEMM take an all-fp32 route; it must give the integer route's hS exactly."""
     h8 = _codes(b, m, density, seed=b + m).to(torch.int8)
     n = h8.sum(0, dtype=torch.int32)
-    monkeypatch.setattr(fast_cov, "cpu_int8_is_fast", lambda: True)
+    monkeypatch.setattr(fast_cov, "int8_gemm_is_fast", lambda device_type: True)
     integer = fast_cov.dense_sign_product(h8, n, block=16)
-    monkeypatch.setattr(fast_cov, "cpu_int8_is_fast", lambda: False)
+    monkeypatch.setattr(fast_cov, "int8_gemm_is_fast", lambda device_type: False)
     floats = fast_cov.dense_sign_product(h8, n, block=16)
     assert floats.dtype == torch.int32 and torch.equal(floats, integer)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bitlens.analysis.steering import centroid_vector, coder_vector, wilson
+from bitlens.analysis.intervals import wilson
+from bitlens.analysis.steering import centroid_vector, coder_vector
 from bitlens.cli.main import main
 from bitlens.coders.bae import BAEConfig, BinaryAutoencoder
 from bitlens.coders.registry import save_coder

@@ -9,11 +9,8 @@ import shutil
 import pytest
 
 from bitlens.cli.main import main
-from bitlens.data.corpora import load_corpus
-from bitlens.data.extract import extract_to_store
-from bitlens.data.models import load_model
 from bitlens.experiments.frontier import matched_fvu, monotonicity
-from data_fixtures import tiny_model_dir, write_corpus
+from data_fixtures import tiny_store
 
 FIELDS = ("coder", "setting", "fvu", "l0", "l0_minority", "entropy_bits", "dead_frac", "dense_frac",
           "constant_on_frac", "ce_recovered", "kl", "lexical_f1")
@@ -21,10 +18,7 @@ FIELDS = ("coder", "setting", "fvu", "l0", "l0_minority", "entropy_bits", "dead_
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    lm = load_model(tiny_model_dir())
-    corpus = load_corpus(write_corpus(tmp_path_factory.mktemp("corpus"), n_docs=10))
-    return extract_to_store(lm, corpus, tmp_path_factory.mktemp("s") / "store", layers=[2], max_seq_len=24,
-                            forward_batch=4, shard_rows=200, progress=False)
+    return tiny_store(tmp_path_factory.mktemp("s"))
 
 
 def test_sweep_writes_frontiers_and_resumes_point_by_point(store, tmp_path, capsys):

@@ -24,13 +24,11 @@ version 1's 32 bytes followed by the bits per unit::
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 
-from ..io import BitlensError
-from pathlib import Path
-
-from ..io import atomic_path
+from ..io import BitlensError, atomic_path
 from .compression import HEADER, MAGIC, PACKED, SPARSE, _pack_uints, _unpack_uints, decode_codes, index_bits, write_codes
 
 LEVEL_VERSION = 2

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from .entropy import bernoulli_entropy_bits
+
 
 class Readout(NamedTuple):
     fvu: float
@@ -44,8 +46,6 @@ def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr
 
     Args: x [n, d] states; codes [n, r] planted 0/1 bits; steps, lr: the logistic fit (full batch, Adam).
     """
-    from ..data.synthetic import bernoulli_bits
-
     torch.manual_seed(seed)
     x, codes = x.float(), codes.float()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
@@ -66,5 +66,5 @@ def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr
         weight = (w / std[:, None]).t().contiguous()  # undo the standardisation: logits = weight . x + bias
         bias = b - (mean / std) @ w
         return Readout(float(err / var), float((read != codes).float().mean()),
-                       float(bernoulli_bits(read.mean(0)).sum()), weight, bias.detach().clone(),
+                       float(bernoulli_entropy_bits(read.mean(0)).sum()), weight, bias.detach().clone(),
                        solution[:-1].t().float().contiguous(), solution[-1].float())

@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-
-Z95 = 1.959963984540054
 
 
 class TaskVector(NamedTuple):
@@ -28,17 +25,6 @@ class TaskVector(NamedTuple):
     """Their Delta (firing-rate or mean-activation difference), in the order of ``units``."""
     raw_norm: float
     """||tv|| before any rescaling."""
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k / n (95% by default); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def centroid_vector(good: torch.Tensor, bad: torch.Tensor) -> TaskVector:

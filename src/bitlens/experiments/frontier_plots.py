@@ -40,24 +40,10 @@ def plot_frontiers(rows: Sequence[dict[str, Any]], out: str | Path) -> list[Path
     xlim = _fvu_limits(rows)
     paths = [out / f for f in FILES]
 
-    fig, ax = subplots(figsize=(6.5, 4.5))
-    _draw(ax, rows, "l0", "fvu")
-    ax.set_xscale("log")
-    ax.set_xlabel("L0 (features firing per token; BAE: bits on)")
-    ax.set_ylabel("FVU (held-out)")
-    ax.set_title("reconstruction against sparsity")
-    ax.legend(fontsize=8)
-    save_figure(fig, paths[0])
-
-    fig, ax = subplots(figsize=(6.5, 4.5))
-    _draw(ax, rows, "fvu", "ce_recovered")
-    ax.set_xlim(*xlim)
-    ax.set_xlabel("FVU (held-out)")
-    ax.set_ylabel("CE recovered when spliced (zero ablation)")
-    ax.set_title("downstream loss at equal reconstruction")
-    ax.legend(fontsize=8)
-    save_figure(fig, paths[1])
-
+    _single(rows, "l0", "fvu", "L0 (features firing per token; BAE: bits on)", "FVU (held-out)",
+            "reconstruction against sparsity", paths[0], xscale="log")
+    _single(rows, "fvu", "ce_recovered", "FVU (held-out)", "CE recovered when spliced (zero ablation)",
+            "downstream loss at equal reconstruction", paths[1], xlim=xlim)
     fig, axes = subplots(2, 2, figsize=(10, 7), sharex=True, sharey=True)
     for ax, (key, title) in zip(axes.flat, UNIT_PANELS):
         _draw(ax, rows, "fvu", key)
@@ -70,12 +56,21 @@ def plot_frontiers(rows: Sequence[dict[str, Any]], out: str | Path) -> list[Path
     axes[0][0].legend(fontsize=7)
     save_figure(fig, paths[2])
 
-    fig, ax = subplots(figsize=(6.5, 4.5))
-    _draw(ax, rows, "fvu", "lexical_f1")
-    ax.set_xlim(*xlim)
-    ax.set_xlabel("FVU (held-out)")
-    ax.set_ylabel("mean F1 of the best token-set rule")
-    ax.set_title("lexical baseline at equal reconstruction")
-    ax.legend(fontsize=8)
-    save_figure(fig, paths[3])
+    _single(rows, "fvu", "lexical_f1", "FVU (held-out)", "mean F1 of the best token-set rule",
+            "lexical baseline at equal reconstruction", paths[3], xlim=xlim)
     return paths
+
+
+def _single(rows, x: str, y: str, xlabel: str, ylabel: str, title: str, path: Path, xscale: str = "linear",
+            xlim: tuple[float, float] | None = None) -> None:
+    """One frontier on its own axes, one line per coder."""
+    fig, ax = subplots(figsize=(6.5, 4.5))
+    _draw(ax, rows, x, y)
+    ax.set_xscale(xscale)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.steering import TaskVector, centroid_vector, coder_vector, rescaled, wilson
+from ..analysis.intervals import wilson
+from ..analysis.steering import TaskVector, centroid_vector, coder_vector, rescaled
 from ..config import Serializable
 from ..data.steer_tasks import SteerTaskName
 from ..io import BitlensError, read_json_object, write_json, write_manifest

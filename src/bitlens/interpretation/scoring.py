@@ -6,18 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+from ..analysis.intervals import Z95, wilson
 
 
 def balanced_interval(k_pos: int, n_pos: int, k_neg: int, n_neg: int, z: float = Z95) -> tuple[float, float]:

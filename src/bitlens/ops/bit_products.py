@@ -29,9 +29,15 @@ def cpu_int8_is_fast() -> bool:
     return "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 
+def int8_gemm_is_fast(device_type: str) -> bool:
+    """Whether exact bit products should be int8 GEMMs on this device type (CUDA, AVX-512 CPUs) rather than fp32
+    ones: the one place callers choose their int8 or fp32 route from (``fast_cov``, ``fast_step``)."""
+    return device_type != "cpu" or cpu_int8_is_fast()
+
+
 def _int_mm_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.device.type == "cpu":
-        return cpu_int8_is_fast() and a.shape[1] < (1 << 24)
+        return int8_gemm_is_fast("cpu") and a.shape[1] < (1 << 24)
     # cuBLASLt int8 needs these shapes; anything else takes the float route below.
     n, k = a.shape
     p = b.shape[1]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .bit_products import count_mm, cpu_int8_is_fast, int_mm
+from .bit_products import count_mm, int8_gemm_is_fast, int_mm
 
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
 
@@ -36,7 +36,7 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
     Args: h8 [B, m] int8 bits; n [m] int32 counts. Returns int32 [B, m].
     """
     b, m = h8.shape
-    if h8.device.type == "cpu" and not cpu_int8_is_fast() and b * b < 2 ** 24:
+    if not int8_gemm_is_fast(h8.device.type) and b * b < 2 ** 24:
         return _dense_sign_product_float(h8, n, block)
     wide = torch.int64 if b * b >= 2 ** 31 else torch.int32  # q = B G - n n^T must not overflow
     ht8 = h8.t().contiguous()  # [m, B]: row access for the Gram's left factor

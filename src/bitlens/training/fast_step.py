@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
-from ..ops.bit_products import cpu_int8_is_fast
+from ..ops.bit_products import int8_gemm_is_fast
 from ..ops.fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
 
 SPARSE_MAX_DENSITY = 0.04
@@ -54,8 +54,8 @@ class StepSpec:
 def choose_path(density: float, path: str = "auto", device_type: str = "cpu") -> str:
     if path != "auto":
         return path
-    fast_int8 = device_type != "cpu" or cpu_int8_is_fast()
-    return "sparse" if density <= (SPARSE_MAX_DENSITY if fast_int8 else SPARSE_MAX_DENSITY_FP32) else "dense"
+    limit = SPARSE_MAX_DENSITY if int8_gemm_is_fast(device_type) else SPARSE_MAX_DENSITY_FP32
+    return "sparse" if density <= limit else "dense"
 
 
 def _entropy_grad(p: torch.Tensor) -> torch.Tensor:

@@ -322,7 +322,9 @@ class Trainer:
                     getattr(self.model, "before_optimizer_step", _nothing)()
                     self.opt.step()
                     getattr(self.model, "after_optimizer_step", _nothing)()
-                    if hasattr(self.train_rows, "stream_state"):  # every rank's position, for rank 0's checkpoint
+                    # every rank's stream position, for rank 0's checkpoint; gathered each step (a few floats) so
+                    # that a checkpoint on Ctrl-C needs no collective while the ranks may be stopping
+                    if hasattr(self.train_rows, "stream_state"):
                         self._stream_states = self.world.gather_floats(self.train_rows.stream_state())
                     if self.controller is not None:
                         self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
