@@ -66,7 +66,8 @@ def test_target_sets_the_direction_of_the_weight(tmp_path, caplog, target, direc
     else:  # an unreachable one: the weight only falls, and the run says its bits are not at the target
         assert weights[-1] < min(weights[:-1]) < loss.entropy_weight
         assert stats["target_reached"] is False and "not at its target" in caplog.text
-    assert stats["target_reached"] == (abs(stats["fvu"] - target) <= 0.01)
+    # below the target after pruning, the constraint is slack: no unit can go without passing the target
+    assert stats["target_reached"] == (abs(stats["fvu"] - target) <= 0.01 or stats["target_slack"])
     fixed, _ = train_bae(tr, va, tmp_path / "f", cfg=TrainConfig(**{**CFG, "steps": 20}), loss=LossConfig(target_fvu=0))
     assert "train/entropy_weight" not in read_metrics(tmp_path / "f")[-1]
 

@@ -58,6 +58,12 @@ class LossConfig(Serializable):
     fvu_horizon: int = -1
     """Target FVU: steps of the moving average of the training FVU that drives the multiplier; -1 = a thirtieth
     of the training steps (at least 10)."""
+    prune: bool = True
+    """Target FVU: after training, refit the decoder by least squares on training rows and drop the units that the
+    target does not need (greedy backward elimination while the rows' FVU stays <= F; training/prune.py), so the
+    code is not left with redundant units that gradient descent cannot remove. Logged in pruning.json."""
+    prune_rows: int = 65536
+    """Target FVU: training rows on which the decoder is refitted and units are pruned."""
     entropy_threshold: float = 0.0
     """Entropy floor in bits: below it the entropy term is a gradient-free 0 (official option; 0 = off)."""
     entropy_start: int = -1
@@ -84,6 +90,8 @@ class LossConfig(Serializable):
             raise ValueError("target_fvu scales the entropy weight, so it must be > 0")
         if (self.dual_lr < 0 and self.dual_lr != -1) or (self.fvu_horizon < 1 and self.fvu_horizon != -1):
             raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1 (or -1: set from the training length)")
+        if self.prune_rows < 2:
+            raise ValueError("prune_rows must be >= 2")
 
 
 # A preset is a set of defaults for the fields of BAEConfig, TrainConfig and LossConfig (their names do not clash).
@@ -154,11 +162,15 @@ class TrainConfig(Serializable):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Encoder matmul precision: bf16 runs the encoder under autocast (for GPUs; the bits stay exact 0/1 and the
     decoder, losses and covariance stay fp32, but a pre-activation within bf16 rounding of 0 may flip its bit)."""
-    revive_every: int = 0
+    revive_every: int = -1
     """BAE only: every this many steps re-initialise the units that are dead or constant-on on a sample of training
-    rows, towards rows with high reconstruction error (revival.py; logged in revival.jsonl). 0 = never."""
-    revive_until: float = 0.7
-    """Fraction of training after which no unit is revived (revived units need steps to settle)."""
+    rows, towards rows with high reconstruction error (logged in revival.jsonl). -1 = every tenth of training;
+    0 = never. On by default because on the demo store (target 0.2, 1000 steps) it left 19% of units dead instead
+    of 62% at 3% fewer bits (BENCHMARKS.md, issue 12); `synth` turns it off (a planted code of r bits leaves
+    d' - r units dead by design)."""
+    revive_until: float = 0.5
+    """Fraction of training after which no unit is revived (revived units need steps to settle, and the target's
+    controller steps to adapt to them)."""
     revive_rows: int = 8192
     """Training rows on which units are judged dead or constant-on and from which revived units are drawn."""
     progress: bool = True
@@ -181,5 +193,5 @@ class TrainConfig(Serializable):
             raise ValueError("lr must be positive")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
-        if self.revive_every < 0 or not 0 <= self.revive_until <= 1 or self.revive_rows < 2:
-            raise ValueError("revive_every must be >= 0, revive_until in [0, 1], revive_rows >= 2")
+        if self.revive_every < -1 or not 0 <= self.revive_until <= 1 or self.revive_rows < 2:
+            raise ValueError("revive_every must be >= -1, revive_until in [0, 1], revive_rows >= 2")

@@ -352,8 +352,13 @@ class Trainer:
         self.model.eval()
         return last
 
+    @property
+    def revive_every(self) -> int:
+        """Steps between unit revivals (0 = never); the config's -1 is a tenth of the training steps."""
+        return max(1, self.total_steps // 10) if self.cfg.revive_every == -1 else self.cfg.revive_every
+
     def _maybe_revive(self) -> None:
-        every = self.cfg.revive_every
+        every = self.revive_every
         if (not every or self.model.architecture != "bae" or self.step % every
                 or self.step > self.cfg.revive_until * self.total_steps):
             return
@@ -411,7 +416,7 @@ class Trainer:
         n = max(r.pop("n", 1), 1)
         record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self._lr()}
         record.update({f"train/{k}": v / n for k, v in r.items()})
-        if self.cfg.revive_every:
+        if self.revive_every and self.model.architecture == "bae":
             record["train/revived"], self._revived = self._revived, 0
         if self.controller is not None:  # the dual state after this step: running FVU, weight and lambda = 1/scale
             record["train/fvu_running"] = self.controller.fvu_running

@@ -1,0 +1,145 @@
+"""Pruning to the target (issue 12): the last, discrete step of "minimise the bits subject to FVU <= F".
+
+Gradient descent through a step function cannot remove a unit that duplicates others: switching it off passes
+through states that reconstruct worse, so a BAE trained to a target can end below the target with redundant units
+(on 2 planted fair bits: 5 units whose joint entropy is 2 bits, 4.8 bits counted, FVU 0.002 against a target of
+0.02). Given the trained encoder, this step finishes the constrained problem exactly for the decoder and greedily
+for the code:
+
+1. encode a sample of training rows; the decoder is refitted by least squares on the active units (the best
+   decoder for that code, so the sample's FVU can only go down);
+2. backward elimination: while some active unit can be dropped with the sample's FVU staying <= F, drop the one
+   that costs the least reconstruction per bit saved. Dropping unit j from a least-squares fit raises the squared
+   error by exactly ||beta_j||^2 / (G^-1)_jj (G the centred Gram matrix of the code), and the fit of the rest
+   follows by a rank-one update, so the whole elimination costs O(k^2) per unit for k active units;
+3. dropped (and constant-on) units are switched off for good: encoder row 0, bias -1; their decoder columns are 0
+   (a constant-on unit is a constant, which the refitted decoder bias carries).
+
+The refit overfits a little (k columns fitted on n rows), so the budget on the rows it is fitted on is the target
+minus the gap it opens on a held-back slice of the same training rows (the last ``check_fraction`` of the sample,
+which is in store order, so mostly other documents): the pruned code then sits at the target on unseen rows rather
+than only on the rows it was refitted on.
+
+Exact duplicates make G singular; a ridge of 1e-6 of G's mean diagonal keeps the elimination defined and G^-1
+accurate (it splits a duplicated column equally, and dropping one copy then costs ~0).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..analysis.entropy import bernoulli_entropy_bits
+
+CHUNK = 8192  # rows per fp64 block of the Gram and cross products
+RIDGE = 1e-6  # of the mean diagonal: keeps G^-1 accurate (condition <= 1e6) when units duplicate each other
+
+
+class Pruning(NamedTuple):
+    rows: int
+    """Training rows the decoder was refitted and units judged on."""
+    check_rows: int
+    """Held-back training rows that measured the refit's gap."""
+    target_fvu: float
+    gap: float
+    """FVU on the held-back rows minus FVU on the fitted rows, after the refit (>= 0)."""
+    budget_fvu: float
+    """The FVU allowed on the fitted rows: target_fvu - gap."""
+    fvu_before: float
+    """The sample's FVU of the trained model."""
+    fvu_refit: float
+    """After the least-squares decoder refit, before any unit is dropped."""
+    fvu_after: float
+    """After dropping units (<= budget_fvu unless the refit alone was above it)."""
+    fvu_check_after: float
+    """The held-back rows' FVU after dropping units."""
+    bits_before: float
+    """The sample's marginal entropy (sum of H_b over units) before."""
+    bits_after: float
+    active_before: int
+    """Units that fire on some but not all rows of the sample."""
+    pruned: list[int]
+    """The dropped units, in the order they were dropped."""
+
+
+def _fvu(model: torch.nn.Module, xn: torch.Tensor) -> float:
+    err = (xn - model.decoder((model.encoder(xn) > 0).float())).double().pow(2).sum()
+    return float(err / (xn.double() - xn.double().mean(0)).pow(2).sum().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: float,
+                    check_fraction: float = 0.2) -> Pruning:
+    """Refit ``model``'s decoder on ``rows`` [n, d] (raw training rows, the last ``check_fraction`` held back) and
+    drop units while the fitted rows' FVU stays <= the target minus the refit's gap; modifies the model in place
+    (see the module docstring)."""
+    dev = model.decoder.weight.device
+    xn_all = rows.to(dev, torch.float32) / model.input_scale
+    n_check = int(len(xn_all) * check_fraction) if len(xn_all) >= 10 else 0
+    xn, xn_check = xn_all[:len(xn_all) - n_check], xn_all[len(xn_all) - n_check:]
+    code = (model.encoder(xn) > 0).float()  # [n, m]
+    n = code.shape[0]
+    x_mean = xn.double().mean(0)
+    xc = xn.double() - x_mean
+    tss = float(xc.pow(2).sum().clamp_min(1e-30))
+    fvu_before = _fvu(model, xn)
+    rate = code.mean(0)
+    bits = torch.as_tensor(bernoulli_entropy_bits(rate), dtype=torch.float64, device=dev)
+    bits_before = float(bits.sum())
+    active = torch.nonzero((rate > 0) & (rate < 1)).flatten()
+    const = torch.nonzero(rate == 1).flatten()
+
+    c = code[:, active]
+    mu = c.double().mean(0)
+    gram = torch.zeros(active.numel(), active.numel(), dtype=torch.float64, device=dev)
+    cross = torch.zeros(active.numel(), xn.shape[1], dtype=torch.float64, device=dev)
+    for i in range(0, n, CHUNK):  # fp64 throughout (chunked): near-duplicate units make G ill-conditioned
+        ci = c[i:i + CHUNK].double() - mu
+        gram += ci.t() @ ci
+        cross += ci.t() @ xc[i:i + CHUNK]
+    gram.diagonal().add_(RIDGE * float(gram.diagonal().mean()) if active.numel() else 0.0)
+    ginv = torch.linalg.inv(gram) if active.numel() else gram
+    beta = ginv @ cross  # [k, d]: the least-squares decoder columns
+    sse = float(sum(((c[i:i + CHUNK].double() - mu) @ beta - xc[i:i + CHUNK]).pow(2).sum()
+                    for i in range(0, n, CHUNK)))  # measured, not tss - <beta, cross>, which can cancel
+    fvu_refit = sse / tss
+    gap = 0.0
+    if n_check:
+        pred = ((model.encoder(xn_check) > 0)[:, active].double() - mu) @ beta + x_mean
+        check = xn_check.double()
+        fvu_check = float((check - pred).pow(2).sum() / (check - check.mean(0)).pow(2).sum().clamp_min(1e-30))
+        gap = max(0.0, fvu_check - fvu_refit)
+    budget_fvu = target_fvu - gap
+    budget = budget_fvu * tss
+    keep = list(range(active.numel()))
+    h = bits[active]
+    pruned: list[int] = []
+    while keep:
+        cost = beta.pow(2).sum(1) / ginv.diagonal().clamp_min(1e-300)  # [k]: SSE added by dropping each unit
+        affordable = sse + cost <= budget
+        if not bool(affordable.any()):
+            break
+        score = torch.where(affordable, cost / h.clamp_min(1e-12), torch.full_like(cost, float("inf")))
+        j = int(score.argmin())
+        sse += float(cost[j])
+        col, gjj = ginv[:, j], ginv[j, j]
+        beta = beta - torch.outer(col / gjj, beta[j])  # the least-squares fit without unit j (rank-one update)
+        ginv = ginv - torch.outer(col, col) / gjj
+        rest = torch.tensor([i for i in range(len(keep)) if i != j], dtype=torch.long, device=dev)
+        pruned.append(int(active[keep[j]]))
+        keep = [keep[i] for i in rest.tolist()]
+        beta, ginv, h, mu = beta[rest], ginv[rest][:, rest], h[rest], mu[rest]
+    kept = active[torch.tensor(keep, dtype=torch.long, device=dev)] if keep else active[:0]
+    off = torch.cat([const, torch.tensor(pruned, dtype=torch.long, device=dev)])
+    w_out, b_out = model.decoder.weight, model.decoder.bias  # [d, m], [d]
+    w_out.zero_()
+    w_out[:, kept] = beta.t().to(w_out.dtype)
+    b_out.copy_((x_mean - mu @ beta).to(b_out.dtype))
+    if off.numel():
+        model.encoder.weight[off] = 0.0
+        if model.encoder.bias is not None:
+            model.encoder.bias[off] = -1.0
+    return Pruning(n, n_check, target_fvu, gap, budget_fvu, fvu_before, fvu_refit, _fvu(model, xn),
+                   _fvu(model, xn_check) if n_check else float("nan"), bits_before, float(bits[kept].sum()),
+                   int(active.numel()), pruned)
