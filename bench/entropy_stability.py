@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--out", default="runs/bench/stability")
     p.add_argument("--json", default="runs/bench/stability.json")
+    p.add_argument("--only", default="", help="train just this run (seed_N, steps2x or width8d) and exit, e.g. to "
+                   "schedule the runs one by one on a shared machine; a final call without it reads them all back")
     a = p.parse_args()
 
     store = ActivationStore(a.store)
@@ -62,6 +64,13 @@ def main() -> None:
               f"dead {row['dead']}  constant-on {row['constant_on']}", flush=True)
         return row
 
+    plans = {**{f"seed_{s}": (s, a.steps, 4) for s in range(a.seeds)}, "steps2x": (0, 2 * a.steps, 4),
+             "width8d": (0, a.steps, 8)}
+    if a.only:
+        if a.only not in plans:
+            raise SystemExit(f"entropy_stability: error: --only takes one of {', '.join(plans)}")
+        run(a.only, *plans[a.only])
+        return
     seeds = [run(f"seed_{s}", s, a.steps, 4) for s in range(a.seeds)]
     longer = run("steps2x", 0, 2 * a.steps, 4)
     wider = run("width8d", 0, a.steps, 8)

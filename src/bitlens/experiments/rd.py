@@ -220,7 +220,8 @@ def plot_rd(summary: dict[str, Any], path: str | Path) -> None:
     pts = summary["points"]
     ax.errorbar([p["fvu"] for p in pts], [p["entropy_bits"] for p in pts],
                 xerr=[p["fvu_std"] for p in pts], yerr=[p["entropy_bits_std"] for p in pts],
-                fmt="o-", capsize=3, label=f"BAE (mean ± sd over {summary['seeds']} seeds)")
+                fmt="o-", capsize=3, label="BAE (one seed)" if summary["seeds"] == 1
+                else f"BAE (mean ± sd over {summary['seeds']} seeds)")
     ax.plot(summary["gaussian_rd"]["fvu"], summary["gaussian_rd"]["bits"], "k--", lw=1,
             label="Gaussian R(D), same covariance")
     for p in pts:
