@@ -102,3 +102,18 @@ def test_paper_preset_objective_is_raw(tmp_path, synth8):
     model, _ = train_bae(tr, va, tmp_path / "p", bae, TrainConfig(**{**CFG, "steps": 5}), loss)
     assert float(model.input_scale) == 1.0  # no input normalisation in the paper's objective
     assert load(tmp_path / "p").cfg.surrogate == "official"
+
+
+def test_resume_or_refuse_accepts_a_run_made_before_an_option_existed(tmp_path, caplog):
+    from bitlens.training.run import resume_or_refuse
+
+    run = tmp_path / "r"
+    old = {"train": {"steps": 10}, "loss": {"target_fvu": 0.2}}
+    assert resume_or_refuse(run, old) == "new"
+    newer = {"train": {"steps": 10}, "loss": {"target_fvu": 0.2, "prune": True}}
+    with caplog.at_level("INFO", logger="bitlens"):
+        assert resume_or_refuse(run, newer) == "new"  # no checkpoint yet, but the settings were accepted
+    assert "predates the options loss.prune" in caplog.text
+    assert json.loads((run / "run_settings.json").read_text())["loss"] == {"target_fvu": 0.2, "prune": True}
+    with pytest.raises(BitlensError, match=r"other settings \(loss\)"):
+        resume_or_refuse(run, {"train": {"steps": 10}, "loss": {"target_fvu": 0.3, "prune": True}})

@@ -36,7 +36,11 @@ def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "cod
     saved_file = run / SETTINGS_FILE
     if saved_file.is_file():
         saved = read_json_object(saved_file)
-        if saved != settings:
+        newer = _fields_added_since(saved, settings)
+        if newer:  # options the library gained after the run was made: the run trained without them
+            logging.getLogger("bitlens").info("%s predates the options %s; resuming it as it was trained", run,
+                                              ", ".join(newer))
+        if saved != _without(settings, newer):
             changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
             raise BitlensError(f"{run} holds a {what} trained with other settings ({', '.join(changed)}): "
                                "remove it or choose another output folder")
@@ -50,6 +54,20 @@ def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "cod
     (run / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint: start the log afresh
     write_json(saved_file, settings)
     return "new"
+
+
+def _fields_added_since(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """``section.field`` names in ``settings`` whose section ``saved`` has but whose field it lacks."""
+    return [f"{k}.{f}" for k, v in settings.items() if isinstance(v, dict) and isinstance(saved.get(k), dict)
+            for f in v if f not in saved[k]]
+
+
+def _without(settings: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    for name in fields:
+        section, field = name.split(".", 1)
+        out[section].pop(field)
+    return out
 
 
 def train_bae(train: RowSource, val: RowSource | None, out_dir: str | Path, bae: BAEConfig | None = None,
