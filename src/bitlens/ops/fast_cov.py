@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import fused
 from .bit_products import count_mm, int8_gemm_is_fast, int_mm
 
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
@@ -55,26 +56,33 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
 
 
 def _dense_sign_product_float(h8: torch.Tensor, n: torch.Tensor, block: int) -> torch.Tensor:
-    """``dense_sign_product`` in fp32 throughout, for CPUs where the int8 GEMM is slow (``bit_products``).
+    """``dense_sign_product`` through ``dense_sign_product_bits`` (fp32), as int32."""
+    return dense_sign_product_bits(h8.float(), n.float(), block=block).to(torch.int32)
 
-    Exact: every entry of B G - n n^T lies in [-B^2, B^2] (B^2 < 2^24 is checked by the caller) and every partial sum
+
+def dense_sign_product_bits(h: torch.Tensor, n: torch.Tensor, compiled: bool = False,
+                            block: int = DENSE_BLOCK) -> torch.Tensor:
+    """hS in fp32 throughout, for CPUs where the int8 GEMM is slow (``bit_products``), from fp32 bits.
+
+    Exact: every entry of B G - n n^T lies in [-B^2, B^2] (B^2 < 2^24 is checked by callers) and every partial sum
     of h S is an integer of magnitude <= m < 2^24. Working in floats skips the int8/int32 <-> float copies of the
-    m x m blocks, which cost as much as the GEMMs themselves when the products are fp32 anyway."""
-    b, m = h8.shape
-    hf = h8.float()
-    hft = hf.t().contiguous()
-    nf = n.float()
-    hs = torch.zeros(b, m, device=h8.device)
+    m x m blocks, which cost as much as the GEMMs themselves when the products are fp32 anyway; the Gram's left
+    factor is read transposed in place (no copy of h^T).
+    Args: h [B, m] fp32 0/1; n [m] fp32 counts; compiled: fuse the sign pass (``fused.gram_signs``).
+    Returns fp32 [B, m] (integers).
+    """
+    b, m = h.shape
+    bt = torch.tensor(float(b), device=h.device)
+    hs = torch.zeros(b, m, device=h.device)
     for j0 in range(0, m, block):
         j1 = min(j0 + block, m)
-        q = hft[j0:] @ hf[:, j0:j1]  # G[j0:, J]
-        q.addr_(nf[j0:], nf[j0:j1], beta=b, alpha=-1)
-        q[: j1 - j0].fill_diagonal_(0)
-        s = q.sign_()
-        hs[:, j0:j1].addmm_(hf[:, j0:], s)
+        q = h[:, j0:].t() @ h[:, j0:j1]  # G[j0:, J]
+        s = fused.gram_signs(q, n[j0:], n[j0:j1], bt, compiled)  # S before its diagonal is cleared
+        s[: j1 - j0].fill_diagonal_(0)
+        hs[:, j0:j1].addmm_(h[:, j0:], s)
         if j1 < m:
-            hs[:, j1:].addmm_(hf[:, j0:j1], s[j1 - j0:].t())
-    return hs.to(torch.int32)
+            hs[:, j1:].addmm_(h[:, j0:j1], s[j1 - j0:].t())
+    return hs
 
 
 class RowLists(NamedTuple):
