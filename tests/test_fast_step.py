@@ -41,7 +41,14 @@ def _reference_cov(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _fast_cov(h: torch.Tensor, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     h8 = h.to(torch.int8)
     n, l = h8.sum(0, dtype=torch.int32), h8.sum(1, dtype=torch.int32)
-    hs = fast_cov.dense_sign_product(h8, n, block=5) if path == "dense" else fast_cov.sparse_sign_product(h8, n, l)
+    if path == "gather":  # fp32 bits, S built a few units at a time (block_floats small: several blocks)
+        hf = h.float()
+        lists, lists_t = fast_cov.row_lists(hf, padded=False), fast_cov.row_lists(hf.t(), padded=False)
+        hs = fast_cov.gather_sign_product(hf, n.float(), lists, lists_t, block_floats=3 * h.shape[1]).to(torch.int32)
+    elif path == "dense":
+        hs = fast_cov.dense_sign_product(h8, n, block=5)
+    else:
+        hs = fast_cov.sparse_sign_product(h8, n, l)
     d = fast_cov.penalty_from_sign_product(hs, h8, n)
     b = h.shape[0]
     hsd = hs.double()
@@ -53,7 +60,7 @@ CASES = [(b, m, dens, kind) for b in BATCHES for m in (1, 3, 17, 40) for dens in
 CASES += [(b, m, 0.0, kind) for b in BATCHES for m in (1, 9) for kind in ("off", "on")]
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "gather"])
 @pytest.mark.parametrize("b,m,density,kind", CASES)
 def test_covariance_paths_equal_reference(path, b, m, density, kind):
     h = _codes(b, m, density, seed=b * 1000 + m, kind=kind)

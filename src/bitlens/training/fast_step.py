@@ -27,8 +27,8 @@ from . import losses
 from ..coders.step import SURROGATES
 from ..ops import fused
 from ..ops.bit_products import int8_gemm_is_fast
-from ..ops.fast_cov import (dense_sign_product, dense_sign_product_bits, penalty_from_sign_product, row_lists,
-                            sparse_sign_product)
+from ..ops.fast_cov import (dense_sign_product, dense_sign_product_bits, gather_sign_product,
+                            penalty_from_sign_product, row_lists, sparse_sign_product)
 from ..ops.fused import EXACT_FP32
 
 SPARSE_MAX_DENSITY = 0.04
@@ -108,7 +108,11 @@ class _DecoderLosses(torch.autograd.Function):
         path = choose_path(float(l.sum()) / max(b * m, 1), spec.path, hf.device.type)
 
         lists = lists_t = None
-        if path == "sparse":
+        if path == "sparse" and float_bits:  # no fast int8: the covariance by gathers (fast_cov.gather_sign_product)
+            lists, lists_t = row_lists(hf, padded=False), row_lists(hf.t(), padded=False)
+            hs = gather_sign_product(hf, nf, lists, lists_t, spec.compile)
+            recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
+        elif path == "sparse":
             if h8 is None:
                 h8 = h8_all = hf.to(torch.int8)
             ht8 = h8_all.t().contiguous()
@@ -123,14 +127,14 @@ class _DecoderLosses(torch.autograd.Function):
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
             if float_bits:
-                hs = dense_sign_product_bits(hf, n.float(), spec.compile)
+                hs = dense_sign_product_bits(hf, nf, spec.compile)
             else:
                 if h8 is None:
                     h8 = h8_all = hf.to(torch.int8)
                 hs = dense_sign_product(h8_all, n)
                 if group is not None:  # this rank's rows of the global batch's hS
                     hs = hs[lo:lo + rows]
-        if path == "dense" and float_bits:
+        if float_bits:
             colsum64, on64 = fused.sign_sums(hs, hf, spec.compile)
             colsum = colsum64.long()
         else:
@@ -145,7 +149,7 @@ class _DecoderLosses(torch.autograd.Function):
             entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free 0
         if group is None:
             recon_term = err.pow(2).sum() / denom
-            if path == "dense" and float_bits:
+            if float_bits:
                 cov = ((b * on64 - (colsum64 * n).sum()) / (b * (b - 1))).to(hf.dtype)
             else:
                 cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
