@@ -147,9 +147,11 @@ def test_auto_path_switches_on_density(monkeypatch):
     assert fast_step.choose_path(0.5, "sparse") == "sparse"
     assert fast_step.choose_path(0.03, device_type="cuda") == "sparse"  # fast int8 products: the higher switch
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: False)
-    assert fast_step.choose_path(0.03) == "dense"
+    assert fast_step.choose_path(0.03) == "sparse"  # fp32 products: the gather path, measured to a higher switch
+    assert fast_step.choose_path(0.2) == "dense"
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
+    assert fast_step.choose_path(0.06) == "dense"
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])

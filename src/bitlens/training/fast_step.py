@@ -34,10 +34,11 @@ from ..ops.fused import EXACT_FP32
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on, where the int8 GEMM is fast (CUDA, CPUs with
 AVX-512; measured with bench/train_step.py on an AVX-512 EPYC)."""
-SPARSE_MAX_DENSITY_FP32 = 0.01
-"""The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``): there the dense path
-is cheaper, so the switch sits lower. Measured with bench/train_step.py at d = 576 on an AVX2-only EPYC under load:
-at 1.4% density the dense path took 3.5x the GEMM floor against 4.2x for the sparse one; at 3.1%, 5.8x vs 10.4x."""
+SPARSE_MAX_DENSITY_FP32 = 0.12
+"""The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``), where the sparse path
+takes the covariance from gathers (``fast_cov.gather_sign_product``). Calibrated with ``bench/train_step.py --sweep``
+(issue 18, BENCHMARKS.md) on a 2-core AVX2-only AMD EPYC, batch 512, compiled kernels: the two paths cross at about
+14% of the bits on at d = 2048 (d' = 8192) and about 22% at d = 576; the switch sits below the lower one."""
 
 
 @dataclass(frozen=True)
