@@ -239,7 +239,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (issue 16: the GPU path; fp32 throughout)")
     args = ap.parse_args()
     if args.force_path:
-        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if args.force_path == "sparse" else -1.0
+        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = fast_step.SPARSE_MAX_DENSITY_ROWS_FP32 = \
+            2.0 if args.force_path == "sparse" else -1.0
     if args.threads:
         torch.set_num_threads(args.threads)
     l0_for = {576: 32, 2048: 64}

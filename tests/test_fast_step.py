@@ -96,7 +96,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("surrogate", ["identity", "sigmoid", "paper", "official"])
 @pytest.mark.parametrize("preset", ["scale_free", "paper"])
 def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
                                                            [0.0, 3.0, 1e6], [0, 50]):
@@ -124,7 +124,7 @@ def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
 @pytest.mark.parametrize("kind", ["off", "on"])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_all_bits_off_or_on(monkeypatch, kind, path):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for b in (2, 16):
         torch.manual_seed(b)
@@ -149,6 +149,7 @@ def test_auto_path_switches_on_density(monkeypatch):
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: False)
     assert fast_step.choose_path(0.03) == "sparse"  # fp32 products: the gather path, measured to a higher switch
     assert fast_step.choose_path(0.2) == "dense"
+    assert fast_step.choose_path(0.03, gather=False) == "dense"  # several processes: the row-overlap path
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
     assert fast_step.choose_path(0.06) == "dense"
@@ -157,7 +158,7 @@ def test_auto_path_switches_on_density(monkeypatch):
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_fast_step_is_deterministic(monkeypatch, path):
     """Bit-exact resume needs the same gradients for the same inputs."""
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     torch.manual_seed(0)
     model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))
