@@ -5,7 +5,7 @@ out-of-place body for the compiler, which turns it into one or two loops of gene
 
 * ``bits_and_counts``: the step, its fp32 0/1 copy, the unit counts and the row popcounts, in one pass over the
   pre-activations instead of four;
-* ``gram_signs``: sign(B G - n n^T) of a Gram block, one pass instead of two (plus the product's temporaries);
+* ``gram_signs``: sign(B G - n n^T) of a Gram block (kept eager: compiled it measured slower);
 * ``sign_sums``: the column sums of hS and sum h o hS (the penalty), exactly;
 * ``surrogate_epilogue``: dL/dh = G + row + k hS followed by the surrogate's backward, one pass over B x d' instead
   of five or six (the bias broadcast, the hS add, and the surrogate's sigmoid, product and scale).
@@ -105,15 +105,13 @@ def _gram_signs_eager(q: torch.Tensor, ni: torch.Tensor, nj: torch.Tensor, b: to
     return q.sign_()
 
 
-def _gram_signs_traced(q: torch.Tensor, ni: torch.Tensor, nj: torch.Tensor, b: torch.Tensor):
-    return torch.sign(q * b - ni[:, None] * nj[None, :])
-
-
 def gram_signs(q: torch.Tensor, ni: torch.Tensor, nj: torch.Tensor, b: torch.Tensor, compiled: bool) -> torch.Tensor:
     """sign(b q - ni nj^T) for a block q [r, c] of the Gram matrix (fp32 integers; exact while b^2 < 2^24).
 
-    The eager body overwrites q. b is a 0-d fp32 tensor."""
-    return _run("gram_signs", _gram_signs_eager, _gram_signs_traced, compiled, q, ni, nj, b)
+    Overwrites q. b is a 0-d fp32 tensor. Always eager: compiled (one pass) it measured slower than the two in-place
+    passes on an AVX2 EPYC (0.93 vs 0.62 ms for a 2304 x 1024 block; BENCHMARKS.md, issue 18), so ``compiled`` is
+    accepted and ignored."""
+    return _gram_signs_eager(q, ni, nj, b)
 
 
 # ---- the penalty's sums --------------------------------------------------------------------------------------
