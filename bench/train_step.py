@@ -7,10 +7,10 @@ and the median over the timed repetitions after warm-up is reported. A "step" is
 backward (what the trainer runs before ``opt.step()``); the Adam update is excluded from all three.
 
 * naive: the formulas written plainly (``torch.cov`` for the covariance, dense everything, autograd);
-* bitlens: ``bae_objective(...).loss.backward()``, exactly what the trainer calls, with the default
-  ``LossConfig.compile = True`` (elementwise work fused by torch.compile, ``ops.fused``); its compile time (first call,
-  from inductor's on-disk cache after the first run) is reported apart (``compile_s``) and not in the timings;
-* eager: the same with ``compile = False`` (the fallback where compiling is unavailable);
+* bitlens: ``bae_objective(...).loss.backward()``, exactly what the trainer calls, with ``LossConfig.compile = True``
+  (``--compile``: elementwise work fused by torch.compile, ``ops.fused``); its compile time (first call, from
+  inductor's on-disk cache after the first run) is reported apart (``compile_s``) and not in the timings;
+* eager: the same with ``compile = False`` (the default, and the fallback where compiling is unavailable);
 * floor: encoder forward, decoder forward, grad w.r.t. the code, decoder weight grad, encoder weight grad as fp32
   ``torch.mm`` at the step's shapes.
 

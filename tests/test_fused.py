@@ -1,8 +1,7 @@
 """The compiled (torch.compile) kernels of the fast step: same losses and gradients as the reference, deterministic,
 bit-exact resume, and the eager fallback with its one notice.
 
-The rest of the suite runs the eager kernels (conftest sets BITLENS_COMPILE=0: compiling costs seconds per kernel
-in every process). Every test here uses the same shapes ([64, 64] codes), so each kernel compiles once per session
+The rest of the suite runs the eager kernels (``LossConfig.compile`` is off by default). Every test here uses the same shapes ([64, 64] codes), so each kernel compiles once per session
 (and loads from inductor's disk cache on later sessions).
 """
 

@@ -14,7 +14,8 @@ All values that change between steps (loss weights, tau) are passed as 0-d tenso
 specialised on them. Compiling happens on first use (seconds per kernel on a cold cache; inductor keeps its FX graph
 cache on disk, by default under /tmp/torchinductor_<user>, so later processes load it). Where compiling is not
 possible (no C++ compiler, an unsupported platform, a compile error) the eager bodies run instead, chosen
-automatically, with one logged notice; ``BITLENS_COMPILE=0`` forces them (tests, benchmarks).
+automatically, with one logged notice; ``BITLENS_COMPILE=0`` forces them. The training step uses the compiled
+kernels only with ``LossConfig.compile`` (off by default: no measurable gain on a 2-core AVX2 CPU, BENCHMARKS.md).
 """
 
 from __future__ import annotations
