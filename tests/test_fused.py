@@ -1,8 +1,9 @@
 """The compiled (torch.compile) kernels of the fast step: same losses and gradients as the reference, deterministic,
 bit-exact resume, and the eager fallback with its one notice.
 
-The rest of the suite runs the eager kernels (``LossConfig.compile`` is off by default). Every test here uses the same shapes ([64, 64] codes), so each kernel compiles once per session
-(and loads from inductor's disk cache on later sessions).
+The rest of the suite runs the eager kernels (``LossConfig.compile`` is off by default). Every test here uses the
+same shapes ([64, 64] codes), so each kernel compiles once per session (and loads from inductor's disk cache on
+later sessions).
 """
 
 import itertools
@@ -64,8 +65,8 @@ def test_compiled_objective_equals_reference(compiled, monkeypatch, path, surrog
     _force(monkeypatch, path)
     for preset, bias, threshold in itertools.product(["scale_free", "paper"], [0.0, -1.5], [0.0, 1e6]):
         model, x = _model(surrogate, bias, seed=int(bias))
-        weights = dict(entropy_weight=10.0, cov_weight=1000.0) if preset == "scale_free" else \
-            dict(entropy_weight=1e-3, cov_weight=1e-3)
+        weights = {"entropy_weight": 10.0, "cov_weight": 1000.0} if preset == "scale_free" else \
+            {"entropy_weight": 1e-3, "cov_weight": 1e-3}
         cfg = LossConfig(preset=preset, entropy_threshold=threshold, compile=True, **weights)
         ref, g_ref = _grads(reference_objective, model, x, cfg)
         out, g = _grads(bae_objective, model, x, cfg)
@@ -94,7 +95,7 @@ def test_compiled_step_is_deterministic_and_close_to_eager(compiled, monkeypatch
 def test_compiled_resume_equals_uninterrupted(compiled, tmp_path):
     x = torch.randn(2048, D, generator=torch.Generator().manual_seed(1))
     tr, va = split_rows(x, 0.2, 0)
-    cfg = dict(steps=30, batch_size=B, eval_every=10, checkpoint_every=10, progress=False)
+    cfg = {"steps": 30, "batch_size": B, "eval_every": 10, "checkpoint_every": 10, "progress": False}
     loss = LossConfig(compile=True)
     full, _ = train_bae(tr, va, tmp_path / "full", cfg=TrainConfig(**cfg), loss=loss)
     model = init_bae(BAEConfig(d_in=D), tr.rows(65536), loss, 0)

@@ -5,10 +5,13 @@
 
 * the covariance penalty and its gradient come from exact integer products of the bits (``fast_cov``): no d' x d'
   float covariance, no abs/sign passes over it, no autograd graph through it;
-* the entropy gradient is a row vector, folded into the GEMM that forms dL/dh (``addmm``);
+* the entropy gradient is a row vector, added in the pass that forms dL/dh after its GEMM; ``step_losses`` takes
+  the pre-activations instead of h, so the step and its surrogate's backward join that pass (``ops.fused``; the
+  elementwise kernels are compiled by torch.compile with ``StepSpec.compile``, eager otherwise);
 * for sparse codes the decoder forward and its weight gradient touch only the active bits (``embedding_bag``),
-  and the covariance uses row overlaps instead of the Gram matrix. Which path runs is decided per batch from the
-  measured density (``SPARSE_MAX_DENSITY``, or ``SPARSE_MAX_DENSITY_FP32`` where the bit products run in fp32).
+  and the covariance uses row overlaps (int8-fast devices, several processes) or gathers of sign rows (fp32
+  CPUs) instead of the Gram matrix. Which path runs is decided per batch from the measured density
+  (``SPARSE_MAX_DENSITY``, ``SPARSE_MAX_DENSITY_FP32``, ``SPARSE_MAX_DENSITY_ROWS_FP32``).
 
 Everything is device-agnostic (CPU int8 GEMMs; on CUDA the same calls, with a float fallback where the int8 kernel
 does not take the shape). Under autocast the encoder may run in bf16: the bits are exact in any dtype and this
@@ -23,13 +26,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import losses
 from ..coders.step import SURROGATES
 from ..ops import fused
 from ..ops.bit_products import int8_gemm_is_fast
-from ..ops.fast_cov import (dense_sign_product, dense_sign_product_bits, gather_sign_product,
-                            penalty_from_sign_product, row_lists, sparse_sign_product)
+from ..ops.fast_cov import (
+    dense_sign_product,
+    dense_sign_product_bits,
+    gather_sign_product,
+    penalty_from_sign_product,
+    row_lists,
+    sparse_sign_product,
+)
 from ..ops.fused import EXACT_FP32
+from . import losses
 
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on, where the int8 GEMM is fast (CUDA, CPUs with
