@@ -7,17 +7,24 @@ and the median over the timed repetitions after warm-up is reported. A "step" is
 backward (what the trainer runs before ``opt.step()``); the Adam update is excluded from all three.
 
 * naive: the formulas written plainly (``torch.cov`` for the covariance, dense everything, autograd);
-* bitlens: ``bae_objective(...).loss.backward()``, exactly what the trainer calls;
+* bitlens: ``bae_objective(...).loss.backward()``, exactly what the trainer calls, with ``LossConfig.compile = True``
+  (``--compile``: elementwise work fused by torch.compile, ``ops.fused``); its compile time (first call, from
+  inductor's on-disk cache after the first run) is reported apart (``compile_s``) and not in the timings;
+* eager: the same with ``compile = False`` (the default, and the fallback where compiling is unavailable);
 * floor: encoder forward, decoder forward, grad w.r.t. the code, decoder weight grad, encoder weight grad as fp32
   ``torch.mm`` at the step's shapes.
 
-Regimes: ``dense`` (fresh init, about half the bits on) and ``sparse`` (encoder bias set per unit so that about
+Regimes: ``dense`` (PyTorch's init, about half the bits on) and ``sparse`` (encoder bias set per unit so that about
 ``--l0`` bits of d' are on, as in a trained coder).
+
+``--sweep`` instead times the dense and the sparse path (both forced, compiled kernels) against the floor at a list of
+densities L0/d', interleaved in one process: the data behind ``fast_step.SPARSE_MAX_DENSITY*``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -29,6 +36,7 @@ import torch
 
 from bitlens.coders.bae import BAEConfig
 from bitlens.coders.step import binarize
+from bitlens.ops import fused
 from bitlens.training import fast_step
 from bitlens.training.config import LossConfig
 from bitlens.training.objective import bae_objective, term_weights
@@ -65,6 +73,22 @@ def bitlens_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
     return terms.loss.detach()
 
 
+def eager_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
+    return bitlens_step(model, x, dataclasses.replace(cfg, compile=False), variance)
+
+
+def forced(path: str, step=bitlens_step):
+    """``step`` with the fast step's path forced (sparse or dense) whatever the density."""
+    def run(model, x, cfg, variance):
+        saved = fast_step.SPARSE_MAX_DENSITY, fast_step.SPARSE_MAX_DENSITY_FP32
+        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if path == "sparse" else -1.0
+        try:
+            return step(model, x, cfg, variance)
+        finally:
+            fast_step.SPARSE_MAX_DENSITY, fast_step.SPARSE_MAX_DENSITY_FP32 = saved
+    return run
+
+
 def floor_step(t: dict[str, torch.Tensor]) -> None:
     """The five dense GEMMs of a step at its shapes (fp32)."""
     torch.mm(t["xn"], t["w_in_t"])  # encoder forward      [B, d] x [d, m]
@@ -77,8 +101,9 @@ def floor_step(t: dict[str, torch.Tensor]) -> None:
 def make_case(d: int, batch: int, regime: str, l0: int, seed: int):
     torch.manual_seed(seed)
     x = torch.randn(batch, d)
-    cfg = LossConfig()
-    model = init_bae(BAEConfig(d_in=d), x, cfg, seed)
+    cfg = LossConfig(compile=True)
+    # dense: PyTorch's init (about half of the bits on); sparse: the sparse start, biases set below
+    model = init_bae(BAEConfig(d_in=d, init="torch" if regime == "dense" else "sparse"), x, cfg, seed)
     if regime == "sparse":  # per-unit bias at the (1 - l0/m) quantile of a fresh sample's pre-activations
         with torch.no_grad():
             ref = torch.randn(4096, d) / model.input_scale @ model.encoder.weight.t()
@@ -93,8 +118,21 @@ def grads_of(step, model, x, cfg, variance):
     return loss, {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int,
-             device: str = "cpu") -> dict:
+def _timings(runners: dict, warmup: int, repeat: int, sync) -> dict[str, float]:
+    """Median ms of each runner, interleaved round-robin."""
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for rep in range(warmup + repeat):
+        for name, fn in runners.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def _setup(d, batch, regime, l0_target, seed, device):
     model, x, cfg, variance = make_case(d, batch, regime, l0_target, seed)
     model, x = model.to(device), x.to(device)
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
@@ -109,38 +147,70 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
                "g_err": torch.randn(batch, d, generator=gen), "g_err_t": torch.randn(d, batch, generator=gen),
                "dpre_t": torch.randn(m, batch, generator=gen)}
     tensors = {k: v.to(device) for k, v in tensors.items()}
+    return model, x, cfg, variance, sync, l0, tensors
+
+
+def _first_call_compile_s(step, model, x, cfg, variance) -> float:
+    """Compile time of the compiled kernels this step uses (their first calls; 0 if already compiled)."""
+    before = fused.compile_seconds
+    model.zero_grad(set_to_none=True)
+    step(model, x, cfg, variance)
+    return fused.compile_seconds - before
+
+
+def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int,
+             device: str = "cpu", naive: bool = True) -> dict:
+    model, x, cfg, variance, sync, l0, tensors = _setup(d, batch, regime, l0_target, seed, device)
+    m = model.width
+    compile_s = _first_call_compile_s(bitlens_step, model, x, cfg, variance)
 
     def timed(step):
         model.zero_grad(set_to_none=True)
         step(model, x, cfg, variance)
 
-    runners = {
-        "naive": lambda: timed(naive_step),
-        "bitlens": lambda: timed(bitlens_step),
-        "floor": lambda: floor_step(tensors),
-    }
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for rep in range(warmup + repeat):
-        for name, fn in runners.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    runners = {"naive": lambda: timed(naive_step)} if naive else {}
+    runners.update({"bitlens": lambda: timed(bitlens_step), "eager": lambda: timed(eager_step),
+                    "floor": lambda: floor_step(tensors)})
+    ms = _timings(runners, warmup, repeat, sync)
 
     ref_loss, ref_grads = grads_of(naive_step, model, x, cfg, variance)
-    fast_loss, fast_grads = grads_of(bitlens_step, model, x, cfg, variance)
-    err_loss = float((fast_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30))
-    err_grad = max(float((fast_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_grads.items())
-    return {"d": d, "d_prime": m, "batch": batch, "regime": regime, "l0": round(l0, 1),
-            "path": fast_step.choose_path(l0 / m, device_type=x.device.type),
-            "naive_ms": round(ms["naive"], 2), "bitlens_ms": round(ms["bitlens"], 2), "floor_ms": round(ms["floor"], 2),
-            "ratio_to_floor": round(ms["bitlens"] / ms["floor"], 3),
-            "naive_ratio_to_floor": round(ms["naive"] / ms["floor"], 3),
-            "speedup_vs_naive": round(ms["naive"] / ms["bitlens"], 2),
-            "max_rel_err_loss": err_loss, "max_rel_err_grad": err_grad}
+    errs = {}
+    for name, step in (("bitlens", bitlens_step), ("eager", eager_step)):
+        fast_loss, fast_grads = grads_of(step, model, x, cfg, variance)
+        errs[name] = (float((fast_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30)),
+                      max(float((fast_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_grads.items()))
+    row = {"d": d, "d_prime": m, "batch": batch, "regime": regime, "l0": round(l0, 1),
+           "path": fast_step.choose_path(l0 / m, device_type=x.device.type),
+           "bitlens_ms": round(ms["bitlens"], 2), "eager_ms": round(ms["eager"], 2), "floor_ms": round(ms["floor"], 2),
+           "ratio_to_floor": round(ms["bitlens"] / ms["floor"], 3),
+           "eager_ratio_to_floor": round(ms["eager"] / ms["floor"], 3),
+           "compile_s": round(compile_s, 2),
+           "max_rel_err_loss": errs["bitlens"][0], "max_rel_err_grad": errs["bitlens"][1],
+           "eager_rel_err_loss": errs["eager"][0], "eager_rel_err_grad": errs["eager"][1]}
+    if naive:
+        row.update({"naive_ms": round(ms["naive"], 2), "naive_ratio_to_floor": round(ms["naive"] / ms["floor"], 3),
+                    "speedup_vs_naive": round(ms["naive"] / ms["bitlens"], 2)})
+    return row
+
+
+def sweep_case(d: int, batch: int, l0_target: float, warmup: int, repeat: int, seed: int, device: str = "cpu") -> dict:
+    """Dense path vs sparse path (both compiled) vs the floor at one density, interleaved."""
+    model, x, cfg, variance, sync, l0, tensors = _setup(d, batch, "sparse", l0_target, seed, device)
+    m = model.width
+    dense, sparse = forced("dense"), forced("sparse")
+    for step in (dense, sparse):
+        _first_call_compile_s(step, model, x, cfg, variance)
+
+    def timed(step):
+        model.zero_grad(set_to_none=True)
+        step(model, x, cfg, variance)
+
+    ms = _timings({"dense": lambda: timed(dense), "sparse": lambda: timed(sparse), "floor": lambda: floor_step(tensors)},
+                  warmup, repeat, sync)
+    return {"d": d, "d_prime": m, "batch": batch, "l0": round(l0, 1), "density": round(l0 / m, 5),
+            "dense_ms": round(ms["dense"], 2), "sparse_ms": round(ms["sparse"], 2), "floor_ms": round(ms["floor"], 2),
+            "dense_ratio": round(ms["dense"] / ms["floor"], 3), "sparse_ratio": round(ms["sparse"] / ms["floor"], 3),
+            "auto_path": fast_step.choose_path(l0 / m, device_type=x.device.type)}
 
 
 def machine() -> dict:
@@ -163,10 +233,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force-path", choices=["dense", "sparse"], help="ablation: one path whatever the density")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive column (slow at d = 2048)")
+    ap.add_argument("--sweep", default="", help="densities L0/d' (comma-separated, e.g. 0.005,0.01,0.02): time "
+                    "the dense and the sparse path at each instead of the regime table")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (issue 16: the GPU path; fp32 throughout)")
     args = ap.parse_args()
     if args.force_path:
-        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if args.force_path == "sparse" else -1.0
+        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = fast_step.SPARSE_MAX_DENSITY_ROWS_FP32 = \
+            2.0 if args.force_path == "sparse" else -1.0
     if args.threads:
         torch.set_num_threads(args.threads)
     l0_for = {576: 32, 2048: 64}
@@ -176,19 +250,32 @@ def main() -> None:
             else args.device
     print(f"# {info.get('device', info['cpu'])}, {info['threads']} threads, torch {info['torch']}, batch {args.batch}, fp32, "
           f"median of {args.repeat} after {args.warmup} warm-up; forward+backward, Adam excluded")
-    header = (f"{'d':>5} {'d_prime':>7} {'regime':>6} {'l0':>7} {'path':>6} {'naive_ms':>9} {'bitlens_ms':>10} "
-              f"{'floor_ms':>9} {'ratio':>6} {'speedup':>7} {'err_loss':>9} {'err_grad':>9}")
-    print(header)
     rows = []
-    for d in (int(s) for s in args.sizes.split(",")):
-        for regime in args.regimes.split(","):
-            r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat, args.seed,
-                         args.device)
-            rows.append(r)
-            print(f"{r['d']:>5} {r['d_prime']:>7} {regime:>6} {r['l0']:>7} {r['path']:>6} {r['naive_ms']:>9.1f} "
-                  f"{r['bitlens_ms']:>10.1f} {r['floor_ms']:>9.1f} {r['ratio_to_floor']:>6.2f} "
-                  f"{r['speedup_vs_naive']:>7.2f} {r['max_rel_err_loss']:>9.1e} {r['max_rel_err_grad']:>9.1e}",
-                  flush=True)
+    if args.sweep:
+        print(f"{'d':>5} {'d_prime':>7} {'l0':>7} {'density':>8} {'dense_ms':>9} {'sparse_ms':>9} {'floor_ms':>9} "
+              f"{'dense/fl':>8} {'sparse/fl':>9} {'auto':>6}")
+        for d in (int(s) for s in args.sizes.split(",")):
+            for dens in (float(s) for s in args.sweep.split(",")):
+                m = 4 * d
+                r = sweep_case(d, args.batch, max(dens * m, 0.5), args.warmup, args.repeat, args.seed, args.device)
+                rows.append(r)
+                print(f"{r['d']:>5} {r['d_prime']:>7} {r['l0']:>7} {r['density']:>8.4f} {r['dense_ms']:>9.1f} "
+                      f"{r['sparse_ms']:>9.1f} {r['floor_ms']:>9.1f} {r['dense_ratio']:>8.2f} {r['sparse_ratio']:>9.2f} "
+                      f"{r['auto_path']:>6}", flush=True)
+    else:
+        print(f"{'d':>5} {'d_prime':>7} {'regime':>6} {'l0':>7} {'path':>6} {'naive_ms':>9} {'bitlens_ms':>10} "
+              f"{'eager_ms':>9} {'floor_ms':>9} {'ratio':>6} {'eager':>6} {'compile_s':>9} {'err_loss':>9} "
+              f"{'err_grad':>9}")
+        for d in (int(s) for s in args.sizes.split(",")):
+            for regime in args.regimes.split(","):
+                r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat,
+                             args.seed, args.device, naive=not args.no_naive)
+                rows.append(r)
+                print(f"{r['d']:>5} {r['d_prime']:>7} {regime:>6} {r['l0']:>7} {r['path']:>6} "
+                      f"{r.get('naive_ms', float('nan')):>9.1f} {r['bitlens_ms']:>10.1f} {r['eager_ms']:>9.1f} "
+                      f"{r['floor_ms']:>9.1f} {r['ratio_to_floor']:>6.2f} {r['eager_ratio_to_floor']:>6.2f} "
+                      f"{r['compile_s']:>9.2f} {r['max_rel_err_loss']:>9.1e} {r['max_rel_err_grad']:>9.1e}",
+                      flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")

@@ -41,7 +41,14 @@ def _reference_cov(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _fast_cov(h: torch.Tensor, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     h8 = h.to(torch.int8)
     n, l = h8.sum(0, dtype=torch.int32), h8.sum(1, dtype=torch.int32)
-    hs = fast_cov.dense_sign_product(h8, n, block=5) if path == "dense" else fast_cov.sparse_sign_product(h8, n, l)
+    if path == "gather":  # fp32 bits, S built a few units at a time (block_floats small: several blocks)
+        hf = h.float()
+        lists, lists_t = fast_cov.row_lists(hf, padded=False), fast_cov.row_lists(hf.t(), padded=False)
+        hs = fast_cov.gather_sign_product(hf, n.float(), lists, lists_t, block_floats=3 * h.shape[1]).to(torch.int32)
+    elif path == "dense":
+        hs = fast_cov.dense_sign_product(h8, n, block=5)
+    else:
+        hs = fast_cov.sparse_sign_product(h8, n, l)
     d = fast_cov.penalty_from_sign_product(hs, h8, n)
     b = h.shape[0]
     hsd = hs.double()
@@ -53,7 +60,7 @@ CASES = [(b, m, dens, kind) for b in BATCHES for m in (1, 3, 17, 40) for dens in
 CASES += [(b, m, 0.0, kind) for b in BATCHES for m in (1, 9) for kind in ("off", "on")]
 
 
-@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("path", ["dense", "sparse", "gather"])
 @pytest.mark.parametrize("b,m,density,kind", CASES)
 def test_covariance_paths_equal_reference(path, b, m, density, kind):
     h = _codes(b, m, density, seed=b * 1000 + m, kind=kind)
@@ -89,7 +96,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("surrogate", ["identity", "sigmoid", "paper", "official"])
 @pytest.mark.parametrize("preset", ["scale_free", "paper"])
 def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
                                                            [0.0, 3.0, 1e6], [0, 50]):
@@ -117,7 +124,7 @@ def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
 @pytest.mark.parametrize("kind", ["off", "on"])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_all_bits_off_or_on(monkeypatch, kind, path):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for b in (2, 16):
         torch.manual_seed(b)
@@ -140,15 +147,18 @@ def test_auto_path_switches_on_density(monkeypatch):
     assert fast_step.choose_path(0.5, "sparse") == "sparse"
     assert fast_step.choose_path(0.03, device_type="cuda") == "sparse"  # fast int8 products: the higher switch
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: False)
-    assert fast_step.choose_path(0.03) == "dense"
+    assert fast_step.choose_path(0.03) == "sparse"  # fp32 products: the gather path, measured to a higher switch
+    assert fast_step.choose_path(0.2) == "dense"
+    assert fast_step.choose_path(0.03, gather=False) == "dense"  # several processes: the row-overlap path
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
+    assert fast_step.choose_path(0.06) == "dense"
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_fast_step_is_deterministic(monkeypatch, path):
     """Bit-exact resume needs the same gradients for the same inputs."""
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     torch.manual_seed(0)
     model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))

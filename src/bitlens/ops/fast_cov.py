@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import fused
 from .bit_products import count_mm, int8_gemm_is_fast, int_mm
 
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
@@ -55,26 +56,33 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
 
 
 def _dense_sign_product_float(h8: torch.Tensor, n: torch.Tensor, block: int) -> torch.Tensor:
-    """``dense_sign_product`` in fp32 throughout, for CPUs where the int8 GEMM is slow (``bit_products``).
+    """``dense_sign_product`` through ``dense_sign_product_bits`` (fp32), as int32."""
+    return dense_sign_product_bits(h8.float(), n.float(), block=block).to(torch.int32)
 
-    Exact: every entry of B G - n n^T lies in [-B^2, B^2] (B^2 < 2^24 is checked by the caller) and every partial sum
+
+def dense_sign_product_bits(h: torch.Tensor, n: torch.Tensor, compiled: bool = False,
+                            block: int = DENSE_BLOCK) -> torch.Tensor:
+    """hS in fp32 throughout, for CPUs where the int8 GEMM is slow (``bit_products``), from fp32 bits.
+
+    Exact: every entry of B G - n n^T lies in [-B^2, B^2] (B^2 < 2^24 is checked by callers) and every partial sum
     of h S is an integer of magnitude <= m < 2^24. Working in floats skips the int8/int32 <-> float copies of the
-    m x m blocks, which cost as much as the GEMMs themselves when the products are fp32 anyway."""
-    b, m = h8.shape
-    hf = h8.float()
-    hft = hf.t().contiguous()
-    nf = n.float()
-    hs = torch.zeros(b, m, device=h8.device)
+    m x m blocks, which cost as much as the GEMMs themselves when the products are fp32 anyway; the Gram's left
+    factor is read transposed in place (no copy of h^T).
+    Args: h [B, m] fp32 0/1; n [m] fp32 counts; compiled: fuse the sign pass (``fused.gram_signs``).
+    Returns fp32 [B, m] (integers).
+    """
+    b, m = h.shape
+    bt = torch.tensor(float(b), device=h.device)
+    hs = torch.zeros(b, m, device=h.device)
     for j0 in range(0, m, block):
         j1 = min(j0 + block, m)
-        q = hft[j0:] @ hf[:, j0:j1]  # G[j0:, J]
-        q.addr_(nf[j0:], nf[j0:j1], beta=b, alpha=-1)
-        q[: j1 - j0].fill_diagonal_(0)
-        s = q.sign_()
-        hs[:, j0:j1].addmm_(hf[:, j0:], s)
+        q = h[:, j0:].t() @ h[:, j0:j1]  # G[j0:, J]
+        s = fused.gram_signs(q, n[j0:], n[j0:j1], bt, compiled)  # S before its diagonal is cleared
+        s[: j1 - j0].fill_diagonal_(0)
+        hs[:, j0:j1].addmm_(h[:, j0:], s)
         if j1 < m:
-            hs[:, j1:].addmm_(hf[:, j0:j1], s[j1 - j0:].t())
-    return hs.to(torch.int32)
+            hs[:, j1:].addmm_(h[:, j0:j1], s[j1 - j0:].t())
+    return hs
 
 
 class RowLists(NamedTuple):
@@ -90,13 +98,15 @@ class RowLists(NamedTuple):
     """[r, max ones per row] columns, each row sorted and padded with the sentinel c."""
 
 
-def row_lists(h8: torch.Tensor) -> RowLists:
-    """The ones of h8 [r, c] (any dtype, any strides) as row lists."""
+def row_lists(h8: torch.Tensor, padded: bool = True) -> RowLists:
+    """The ones of h8 [r, c] (any dtype, any strides) as row lists (``padded`` empty unless asked for)."""
     b, m = h8.shape
     idx = h8.nonzero()
     row, cols = idx[:, 0], idx[:, 1].contiguous()
     counts = torch.bincount(row, minlength=b)
     offsets = counts.cumsum(0) - counts
+    if not padded:
+        return RowLists(row, cols, offsets, cols.new_zeros(0, 0))
     width = int(counts.max()) if b else 0
     padded = torch.full((b, max(width, 1)), m, dtype=torch.int64, device=h8.device)
     padded[row, torch.arange(row.numel(), device=h8.device) - offsets[row]] = cols
@@ -199,6 +209,44 @@ def _subtract_excess(hs: torch.Tensor, ht8: torch.Tensor, i: torch.Tensor, j: to
     offsets = counts.cumsum(0) - counts
     ht = F.embedding_bag(i[order], ht8.float(), offsets, mode="sum", per_sample_weights=t[order].float())
     hs -= ht.t().to(torch.int32)
+
+
+GATHER_BLOCK_FLOATS = 1 << 22  # rows of S held at once by ``gather_sign_product``: 16 MB of fp32
+
+
+def gather_sign_product(h: torch.Tensor, n: torch.Tensor, lists: RowLists, lists_t: RowLists, compiled: bool = False,
+                        block_floats: int = GATHER_BLOCK_FLOATS) -> torch.Tensor:
+    """hS for sparse codes where the bit products are fp32 GEMMs (no fast int8), by gathers instead of GEMMs.
+
+    Row i of the Gram matrix is the sum of the rows of h in which unit i is on, and row b of hS is the sum of the
+    rows of S of the units on in row b: two ``embedding_bag`` sums of B L0 rows of length m (L0 = bits on per row)
+    instead of the 1.5 B m^2 multiply-adds of ``dense_sign_product``. S is built for a block of units at a time
+    (at most ``block_floats`` entries), so memory stays bounded whatever m. Exact: all sums are integers below 2^24
+    in fp32 (B^2 < 2^24 is checked by callers).
+    Args: h [B, m] fp32 0/1; n [m] fp32 counts; lists, lists_t: ``row_lists`` of h and of h^T.
+    Returns fp32 [B, m] (integers).
+    """
+    b, m = h.shape
+    bt = torch.tensor(float(b), device=h.device)
+    hs = torch.zeros(b, m, device=h.device)
+    step = max(1, block_floats // max(m, 1))
+    unit_ends = torch.cat([lists_t.offsets, lists_t.offsets.new_tensor([lists_t.cols.numel()])])
+    for i0 in range(0, m, step):
+        i1 = min(i0 + step, m)
+        lo, hi = int(unit_ends[i0]), int(unit_ends[i1])
+        if lo == hi:  # no unit of this block is ever on: their rows of S never reach hS
+            continue
+        g = F.embedding_bag(lists_t.cols[lo:hi], h, lists_t.offsets[i0:i1] - lo, mode="sum")  # G[I, :]
+        s = fused.gram_signs(g, n[i0:i1], n, bt, compiled)  # S[I, :] before its diagonal is cleared
+        s.diagonal(i0).zero_()
+        if i0 == 0 and i1 == m:
+            hs += F.embedding_bag(lists.cols, s, lists.offsets, mode="sum")
+        else:  # the ones of h in this block's columns, row by row
+            keep = (lists.cols >= i0) & (lists.cols < i1)
+            cols, rows = lists.cols[keep] - i0, lists.rows[keep]
+            counts = torch.bincount(rows, minlength=b)
+            hs += F.embedding_bag(cols, s, counts.cumsum(0) - counts, mode="sum")
+    return hs
 
 
 def penalty_from_sign_product(hs: torch.Tensor, h8: torch.Tensor, n: torch.Tensor, colsum: torch.Tensor | None = None,

@@ -76,6 +76,10 @@ class LossConfig(Serializable):
     """Step at which the covariance term switches on (-1 = with the entropy term)."""
     cov_ramp: int = -1
     """Steps of linear ramp for the covariance term (0 = hard switch; -1 = a fifth of the training steps)."""
+    compile: bool = False
+    """BAE: fuse the elementwise work of the training step with torch.compile (generated C++ on CPU; seconds of
+    compiling per process, cached on disk by torch; falls back to eager with a notice where compiling fails).
+    Off by default: not measured faster on a 2-core AVX2 CPU, where GEMMs take ~90% of the step (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         if self.preset not in ("scale_free", "paper"):

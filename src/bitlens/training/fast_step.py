@@ -5,10 +5,13 @@
 
 * the covariance penalty and its gradient come from exact integer products of the bits (``fast_cov``): no d' x d'
   float covariance, no abs/sign passes over it, no autograd graph through it;
-* the entropy gradient is a row vector, folded into the GEMM that forms dL/dh (``addmm``);
+* the entropy gradient is a row vector, added in the pass that forms dL/dh after its GEMM; ``step_losses`` takes
+  the pre-activations instead of h, so the step and its surrogate's backward join that pass (``ops.fused``; the
+  elementwise kernels are compiled by torch.compile with ``StepSpec.compile``, eager otherwise);
 * for sparse codes the decoder forward and its weight gradient touch only the active bits (``embedding_bag``),
-  and the covariance uses row overlaps instead of the Gram matrix. Which path runs is decided per batch from the
-  measured density (``SPARSE_MAX_DENSITY``, or ``SPARSE_MAX_DENSITY_FP32`` where the bit products run in fp32).
+  and the covariance uses row overlaps (int8-fast devices, several processes) or gathers of sign rows (fp32
+  CPUs) instead of the Gram matrix. Which path runs is decided per batch from the measured density
+  (``SPARSE_MAX_DENSITY``, ``SPARSE_MAX_DENSITY_FP32``, ``SPARSE_MAX_DENSITY_ROWS_FP32``).
 
 Everything is device-agnostic (CPU int8 GEMMs; on CUDA the same calls, with a float fallback where the int8 kernel
 does not take the shape). Under autocast the encoder may run in bf16: the bits are exact in any dtype and this
@@ -23,17 +26,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import losses
+from ..coders.step import SURROGATES
+from ..ops import fused
 from ..ops.bit_products import int8_gemm_is_fast
-from ..ops.fast_cov import dense_sign_product, penalty_from_sign_product, row_lists, sparse_sign_product
+from ..ops.fast_cov import (
+    dense_sign_product,
+    dense_sign_product_bits,
+    gather_sign_product,
+    penalty_from_sign_product,
+    row_lists,
+    sparse_sign_product,
+)
+from ..ops.fused import EXACT_FP32
+from . import losses
 
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on, where the int8 GEMM is fast (CUDA, CPUs with
 AVX-512; measured with bench/train_step.py on an AVX-512 EPYC)."""
-SPARSE_MAX_DENSITY_FP32 = 0.01
-"""The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``): there the dense path
-is cheaper, so the switch sits lower. Measured with bench/train_step.py at d = 576 on an AVX2-only EPYC under load:
-at 1.4% density the dense path took 3.5x the GEMM floor against 4.2x for the sparse one; at 3.1%, 5.8x vs 10.4x."""
+SPARSE_MAX_DENSITY_FP32 = 0.12
+"""The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``), where the sparse path
+takes the covariance from gathers (``fast_cov.gather_sign_product``). Calibrated with ``bench/train_step.py --sweep``
+(issue 18, BENCHMARKS.md) on a 2-core AVX2-only AMD EPYC, batch 512, compiled kernels: the two paths cross at about
+14% of the bits on at d = 2048 (d' = 8192) and about 22% at d = 576; the switch sits below the lower one."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +63,25 @@ class StepSpec:
     group: Any = None
     """A ``distributed.BatchGroup`` when this batch is one rank's share of a global batch: the entropy, covariance
     and reconstruction terms are then those of the global batch (exactly), and gradients reach only these rows."""
+    compile: bool = False
+    """Run the elementwise work through ``ops.fused``'s compiled kernels (eager where compiling is unavailable)."""
 
 
-def choose_path(density: float, path: str = "auto", device_type: str = "cpu") -> str:
+SPARSE_MAX_DENSITY_ROWS_FP32 = 0.01
+"""Where the bit products run in fp32 but the gather path does not apply (several processes: the row-overlap sparse
+path runs on the global batch). Measured with bench/train_step.py at d = 576 on an AVX2-only EPYC under load: at 1.4%
+density the dense path took 3.5x the GEMM floor against 4.2x for the row-overlap path; at 3.1%, 5.8x vs 10.4x."""
+
+
+def choose_path(density: float, path: str = "auto", device_type: str = "cpu", gather: bool = True) -> str:
+    """dense or sparse for codes with this fraction of bits on; ``gather``: the fp32 sparse path can take the
+    covariance from gathers (one process)."""
     if path != "auto":
         return path
-    limit = SPARSE_MAX_DENSITY if int8_gemm_is_fast(device_type) else SPARSE_MAX_DENSITY_FP32
+    if int8_gemm_is_fast(device_type):
+        limit = SPARSE_MAX_DENSITY
+    else:
+        limit = SPARSE_MAX_DENSITY_FP32 if gather else SPARSE_MAX_DENSITY_ROWS_FP32
     return "sparse" if density <= limit else "dense"
 
 
@@ -67,31 +94,48 @@ def _entropy_grad(p: torch.Tensor) -> torch.Tensor:
 
 
 class _DecoderLosses(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, xn, w_out, b_out, spec: StepSpec):
-        with torch.autocast(h.device.type, enabled=False):  # fp32 here whatever the caller's autocast
-            return _DecoderLosses._forward(ctx, h, xn, w_out.float(), b_out.float(), spec)
+    """Input 0 is the code h [B, m] (``surrogate`` None) or the pre-activations (a surrogate of ``coders.step``:
+    the step then runs inside, and the backward returns dL/d(pre) with the surrogate fused into the dL/dh pass)."""
 
     @staticmethod
-    def _forward(ctx, h, xn, w_out, b_out, spec: StepSpec):
-        hf = h.float()
+    def forward(ctx, h, xn, w_out, b_out, spec: StepSpec, surrogate: str | None = None, tau: float = 1.0):
+        with torch.autocast(h.device.type, enabled=False):  # fp32 here whatever the caller's autocast
+            return _DecoderLosses._forward(ctx, h, xn, w_out.float(), b_out.float(), spec, surrogate, tau)
+
+    @staticmethod
+    def _forward(ctx, h, xn, w_out, b_out, spec: StepSpec, surrogate, tau):
+        group = spec.group
+        if surrogate is not None:  # h is the pre-activation: step, fp32 copy and counts in one pass
+            hf, nf, lf = fused.bits_and_counts(h.float(), spec.compile)
+        else:
+            hf = h.float()
+            nf = lf = None
         rows, m = hf.shape  # this process's rows
         d = xn.shape[1]
-        h8 = hf.to(torch.int8)
-        group = spec.group
+        # fp32 bits serve the dense path where the bit products are fp32 GEMMs anyway (no int8 copies of h)
+        float_bits = group is None and not int8_gemm_is_fast(hf.device.type) and rows * rows < EXACT_FP32
+        h8 = None
         if group is None:
-            h8_all, lo = h8, 0
-            n = hf.sum(0).to(torch.int32)  # float sums of bits are exact below 2^24 and need no int copy of h
-            l = hf.sum(1).to(torch.int32)
+            h8_all, lo = None, 0
+            if nf is None:
+                nf, lf = hf.sum(0), hf.sum(1)  # float sums of bits are exact below 2^24 and need no int copy of h
+            n, l = nf.to(torch.int32), lf.to(torch.int32)
         else:  # every rank holds the global batch's bits (all-gathered, bit-packed) and its own rows' offset
+            h8 = hf.to(torch.int8)
             h8_all, lo = group.gather_bits(h8)
             n = h8_all.sum(0, dtype=torch.int32)
             l = h8_all.sum(1, dtype=torch.int32)
-        b = h8_all.shape[0]  # the (global) batch the statistics are taken over
-        path = choose_path(float(n.sum()) / max(b * m, 1), spec.path, hf.device.type)
+        b = h8_all.shape[0] if h8_all is not None else rows  # the (global) batch the statistics are taken over
+        path = choose_path(float(l.sum()) / max(b * m, 1), spec.path, hf.device.type, gather=float_bits)
 
         lists = lists_t = None
-        if path == "sparse":
+        if path == "sparse" and float_bits:  # no fast int8: the covariance by gathers (fast_cov.gather_sign_product)
+            lists, lists_t = row_lists(hf, padded=False), row_lists(hf.t(), padded=False)
+            hs = gather_sign_product(hf, nf, lists, lists_t, spec.compile)
+            recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
+        elif path == "sparse":
+            if h8 is None:
+                h8 = h8_all = hf.to(torch.int8)
             ht8 = h8_all.t().contiguous()
             lists_all = row_lists(h8_all)
             hs = sparse_sign_product(h8_all, n, l, lists_all, None, ht8)
@@ -103,10 +147,19 @@ class _DecoderLosses(torch.autograd.Function):
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
-            hs = dense_sign_product(h8_all, n)
-            if group is not None:  # this rank's rows of the global batch's hS
-                hs = hs[lo:lo + rows]
-        colsum = hs.sum(0)  # int64
+            if float_bits:
+                hs = dense_sign_product_bits(hf, nf, spec.compile)
+            else:
+                if h8 is None:
+                    h8 = h8_all = hf.to(torch.int8)
+                hs = dense_sign_product(h8_all, n)
+                if group is not None:  # this rank's rows of the global batch's hS
+                    hs = hs[lo:lo + rows]
+        if float_bits:
+            colsum64, on64 = fused.sign_sums(hs, hf, spec.compile)
+            colsum = colsum64.long()
+        else:
+            colsum = hs.sum(0)  # int64
         err = recon - xn  # [rows, d]
         denom = b * spec.variance if spec.preset == "scale_free" else b * d
 
@@ -117,7 +170,10 @@ class _DecoderLosses(torch.autograd.Function):
             entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free 0
         if group is None:
             recon_term = err.pow(2).sum() / denom
-            cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
+            if float_bits:
+                cov = ((b * on64 - (colsum64 * n).sum()) / (b * (b - 1))).to(hf.dtype)
+            else:
+                cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
         else:  # one all-reduce (float64: exact for the integer parts) of the squared error, sum h.hS and 1^T hS
             on = (hs.view(-1)[lists.rows * m + lists.cols].sum(dtype=torch.int64) if lists is not None
                   else (hs * h8).sum(dtype=torch.int64))
@@ -131,7 +187,9 @@ class _DecoderLosses(torch.autograd.Function):
         ctx.spec, ctx.path, ctx.entropy_on, ctx.denom, ctx.b = spec, path, entropy_on, denom, b
         ctx.h_dtype = h.dtype
         ctx.lists_t = lists_t
-        ctx.save_for_backward(h8, err, w_out, hs, colsum, p)
+        ctx.surrogate, ctx.tau = surrogate, tau
+        bits = hf if h8 is None else h8  # what the decoder weight gradient reads
+        ctx.save_for_backward(bits, err, w_out, hs, colsum, p, h if surrogate in ("sigmoid", "paper") else None)
         return loss, recon_term, entropy, cov
 
     @staticmethod
@@ -141,7 +199,7 @@ class _DecoderLosses(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, g_loss, g_recon, g_entropy, g_cov):
-        h8, err, w_out, hs, colsum, p = ctx.saved_tensors
+        bits, err, w_out, hs, colsum, p, pre = ctx.saved_tensors
         spec = ctx.spec
         b = ctx.b  # the global batch: the statistics' gradients are divided by it, not by this rank's rows
         zero = err.new_zeros(())
@@ -153,18 +211,20 @@ class _DecoderLosses(torch.autograd.Function):
             c_e = 0.0
 
         g_err = err * (2 * c_r / ctx.denom)  # dL/d recon [B, d]
-        # dL/dh = g_err W_out + (row vector: entropy term and the covariance's column-mean correction) + k hS
+        # dL/dh = g_err W_out + (row vector: entropy term and the covariance's column-mean correction) + k hS,
+        # then (with a surrogate) times the surrogate's derivative: one fused pass after the GEMM
         row = torch.zeros_like(p)
         if c_e:
             row += _entropy_grad(p) * (c_e / b)
         k = 2 * c_c / (b - 1)
         if k:
             row -= colsum.to(row.dtype) * (k / b)
-        dh = torch.addmm(row, g_err, w_out)
-        if k:
-            dh.add_(hs, alpha=k)
+        scalars = torch.tensor([k, ctx.tau], dtype=torch.float32, device=err.device)
+        pre_in = pre if pre is not None else err  # unused by the kernel for identity/official/no surrogate
+        dh = fused.surrogate_epilogue(g_err @ w_out, row, hs, scalars[0], pre_in, scalars[1],
+                                      ctx.surrogate or "", spec.compile)
 
-        grads = [dh.to(ctx.h_dtype), None, None, None, None]
+        grads = [dh.to(ctx.h_dtype), None, None, None, None, None, None]
         if ctx.needs_input_grad[1]:
             grads[1] = -g_err
         if ctx.needs_input_grad[2]:
@@ -172,7 +232,7 @@ class _DecoderLosses(torch.autograd.Function):
                 by_unit = ctx.lists_t
                 grads[2] = F.embedding_bag(by_unit.cols, g_err, by_unit.offsets, mode="sum").t()
             else:  # computed as (h^T g_err)^T: the column-major layout of the parameter (see BinaryAutoencoder)
-                grads[2] = (h8.t().to(g_err.dtype) @ g_err).t()
+                grads[2] = (bits.t().to(g_err.dtype) @ g_err).t()
         if ctx.needs_input_grad[3]:
             grads[3] = g_err.sum(0)
         return tuple(grads)
@@ -191,3 +251,20 @@ def decoder_losses(h: torch.Tensor, xn: torch.Tensor, w_out: torch.Tensor, b_out
     if h.shape[0] < 2 and spec.group is None:
         raise ValueError("the covariance penalty needs a batch of at least 2")
     return _DecoderLosses.apply(h, xn.float(), w_out, b_out, spec)
+
+
+def step_losses(pre: torch.Tensor, xn: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, spec: StepSpec,
+                surrogate: str, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``decoder_losses`` of the codes ``binarize(pre, surrogate, tau)``, with the step inside the Function.
+
+    The step, its counts and the surrogate's backward then join the fused kernels (``ops.fused``); the gradient
+    reaching ``pre`` is the one ``binarize`` would pass back (to float rounding).
+    Args: pre [B, m] encoder pre-activations; the rest as ``decoder_losses``; surrogate, tau as ``binarize``.
+    """
+    if pre.shape[0] < 2 and spec.group is None:
+        raise ValueError("the covariance penalty needs a batch of at least 2")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    return _DecoderLosses.apply(pre, xn.float(), w_out, b_out, spec, surrogate, float(tau))

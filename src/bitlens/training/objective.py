@@ -10,7 +10,7 @@ from ..coders.bae import BinaryAutoencoder
 from ..coders.step import binarize
 from . import losses
 from .config import LossConfig
-from .fast_step import StepSpec, decoder_losses
+from .fast_step import StepSpec, step_losses
 from .schedules import warmup
 
 
@@ -53,15 +53,18 @@ def bae_objective(model: BinaryAutoencoder, x: torch.Tensor, cfg: LossConfig, va
 
     For scale_free the terms are computed on x / input_scale, and ``variance`` is E||x/s - mean||^2 of the
     training data; for paper everything is in the raw space and ``variance`` is unused.
-    The decoder and the loss terms run through ``fast_step`` (exact integer covariance, closed-form gradients,
-    sparse decoder for sparse codes); ``reference_objective`` is the same objective composed from ``losses``.
+    The step, the decoder and the loss terms run through ``fast_step`` (exact integer covariance, closed-form
+    gradients, sparse decoder for sparse codes; elementwise work fused by ``torch.compile`` when ``cfg.compile``);
+    ``reference_objective`` is the same objective composed from ``losses``.
     """
     xn = x / model.input_scale
-    code = binarize(model.encoder(xn), model.cfg.surrogate, model.cfg.tau)
     we, wc = term_weights(cfg, model.width, step, total_steps)
     spec = StepSpec(cfg.preset, float(variance) if cfg.preset == "scale_free" else 1.0, we, wc,
-                    cfg.entropy_threshold, group=world if world is not None and world.active else None)
-    loss, recon, entropy, cov = decoder_losses(code, xn, model.decoder.weight, model.decoder.bias, spec)
+                    cfg.entropy_threshold, group=world if world is not None and world.active else None,
+                    compile=cfg.compile)
+    # the step runs inside the loss Function, so its surrogate joins the fused dL/dh pass (fast_step.step_losses)
+    loss, recon, entropy, cov = step_losses(model.encoder(xn), xn, model.decoder.weight, model.decoder.bias, spec,
+                                            model.cfg.surrogate, model.cfg.tau)
     return LossTerms(loss, recon, entropy, cov, we, wc)
 
 
