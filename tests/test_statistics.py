@@ -42,3 +42,31 @@ def test_cosine_and_norm_ratio_skip_zero_targets():
     rows[:3] = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]])
     stats = evaluate_coder(Shift(), rows, cofiring=False).stats
     assert 1.0 < stats["relative_norm"] < 1.2 and 0.9 < stats["cosine"] < 1.0
+
+
+def test_cofiring_counts_from_the_live_lower_triangle_are_the_full_gram():
+    """Issue 18: the evaluation multiplies only units that fire in a chunk, and only the lower block triangle; the
+    counts must equal the plain Gram matrix (with dead units, a block that does not divide the width, and both
+    the float and the int8 routes of ``int_mm``)."""
+    import os
+
+    from bitlens.analysis.statistics import add_cofiring_counts
+    from bitlens.ops import bit_products
+
+    torch.manual_seed(1)
+    active = torch.rand(300, 70) < torch.rand(70) * 0.3
+    active[:, [3, 17, 40]] = False  # dead units
+    active[:, 5] = True  # a constant-on unit
+    full = active.long().T @ active.long()
+    for forced in ("0", "1"):
+        os.environ["BITLENS_INT8_MM"] = forced
+        bit_products.cpu_int8_is_fast.cache_clear()
+        try:
+            gram = add_cofiring_counts(None, active[:120], block=16)
+            gram = add_cofiring_counts(gram, active[120:], block=16)
+            assert torch.equal(gram, full)
+            assert torch.equal(add_cofiring_counts(None, active, block=1000), full)
+            assert torch.equal(add_cofiring_counts(None, torch.zeros(5, 70, dtype=torch.bool)), torch.zeros(70, 70).long())
+        finally:
+            os.environ.pop("BITLENS_INT8_MM")
+            bit_products.cpu_int8_is_fast.cache_clear()

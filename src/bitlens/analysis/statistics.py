@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..ops.bit_products import int_mm
+from ..ops.bit_products import int8_gemm_is_fast, int_mm
 from .entropy import bernoulli_entropy_bits, categorical_entropy_bits
 
 
@@ -30,6 +30,44 @@ class CoderEvaluation(NamedTuple):
     """The flat statistics of ``coder_statistics``."""
     frequencies: np.ndarray
     """[width] firing frequency f_j of every feature."""
+
+
+COFIRING_BLOCK = 512
+"""Columns per block of the co-firing Gram matrix: only its lower block triangle is multiplied (it is symmetric)."""
+
+
+def add_cofiring_counts(gram: torch.Tensor | None, active: torch.Tensor, block: int = COFIRING_BLOCK) -> torch.Tensor:
+    """``gram`` (int64 [width, width] on the CPU, or None) plus the co-firing counts ``active^T active`` of one
+    chunk ``active`` [rows, width] (bool, any device).
+
+    The counts are integers, so every route gives the same matrix; the cheap one multiplies only the units that
+    fire in the chunk (dead units contribute zeros) and only the lower block triangle of the symmetric product:
+    about half of the B m^2 multiply-adds, or far less when many units are dead. Where the int8 GEMM is slow
+    (``ops.bit_products``) the product runs in fp32 straight from the bits, exact while rows < 2^24."""
+    width = active.shape[1]
+    if gram is None:
+        gram = torch.zeros(width, width, dtype=torch.int64)
+    live = active.any(0).nonzero().squeeze(1)
+    k = live.numel()
+    if k == 0:
+        return gram
+    fast_int8 = int8_gemm_is_fast(active.device.type)
+    bits = active[:, live] if k < width else active
+    bits = bits.to(torch.int8) if fast_int8 else bits.to(torch.float32)
+    bits_t = bits.t()
+    counts = torch.empty(k, k, dtype=torch.int64)
+    for j0 in range(0, k, block):
+        j1 = min(j0 + block, k)
+        part = int_mm(bits_t[j0:], bits[:, j0:j1]) if fast_int8 else bits_t[j0:] @ bits[:, j0:j1]
+        part = part.to(torch.int64).cpu()  # G[j0:, J]: this column block, rows on and below its diagonal
+        counts[j0:, j0:j1] = part
+        counts[j0:j1, j1:] = part[j1 - j0:].t()  # the mirrored block above the diagonal
+    if k == width:
+        gram += counts
+    else:
+        live = live.cpu()
+        gram[live[:, None], live[None, :]] += counts
+    return gram
 
 
 @torch.no_grad()
@@ -79,12 +117,11 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         if level_counts is not None:
             levels = torch.round(code.detach().cpu().double() * (n_levels - 1)).long()
             level_counts += torch.nn.functional.one_hot(levels, n_levels).sum(0, dtype=torch.float64)
-        active = (code != 0).to(torch.int8).cpu()
-        fires = active.sum(0, dtype=torch.float64) if fires is None else fires + active.sum(0, dtype=torch.float64)
+        active = code != 0
+        chunk_fires = active.sum(0, dtype=torch.float64).cpu()
+        fires = chunk_fires if fires is None else fires + chunk_fires
         if cofiring:
-            # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
-            chunk_gram = int_mm(active.T, active).long()
-            gram = chunk_gram if gram is None else gram + chunk_gram
+            gram = add_cofiring_counts(gram, active)
         xd, xh = x.double().cpu(), x_hat.double().cpu()
         sum_x += xd.sum(0)
         sum_xx += xd.pow(2).sum()

@@ -577,16 +577,23 @@ class StoreView:
             if position + n <= skip:
                 position += n
                 continue
-            data = np.concatenate([self._arrays[s][a:b] for s, a, b in blocks[group]]).astype(np.float32)[perm]
+            # the buffer stays in the store's dtype; each batch gathers its rows and casts them (exact), so the
+            # group is copied once (not concatenated, cast and permuted whole: 5x the memory at float16)
+            raw = np.concatenate([self._arrays[s][a:b] for s, a, b in blocks[group]])
             if position < skip:
-                data = data[skip - position:]
+                perm = perm[skip - position:]
             position += n
-            if len(carry):
-                data = np.concatenate([carry, data])
-            full = len(data) // batch_size * batch_size
-            for i in range(0, full, batch_size):
-                yield torch.from_numpy(data[i:i + batch_size])
-            carry = data[full:]
+            i = 0
+            if len(carry):  # the rows left over from the previous group open the next batch
+                i = min(batch_size - len(carry), len(perm))
+                carry = np.concatenate([carry, raw[perm[:i]].astype(np.float32, copy=False)])
+                if len(carry) < batch_size:
+                    continue
+                yield torch.from_numpy(carry)
+            full = i + (len(perm) - i) // batch_size * batch_size
+            for j in range(i, full, batch_size):
+                yield torch.from_numpy(raw[perm[j:j + batch_size]].astype(np.float32, copy=False))
+            carry = raw[perm[full:]].astype(np.float32, copy=False)
         if len(carry) and not drop_last:
             yield torch.from_numpy(np.ascontiguousarray(carry))
 
