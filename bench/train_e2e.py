@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512, help="global rows per step")
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--bare-batches", type=int, default=32, help="batches held in memory for the bare loop")
-    ap.add_argument("--segment", type=int, default=250,
+    ap.add_argument("--segment", type=int, default=100,
                     help="the two loops alternate every this many steps (the machine is shared)")
     ap.add_argument("--official-steps", type=int, default=100)
     ap.add_argument("--official-rows", type=int, default=65536, help="training rows the official loop holds")
