@@ -65,14 +65,14 @@ def build_store(path: Path, dim: int, tokens: int, doc_tokens: int, seed: int = 
     return time.perf_counter() - started
 
 
-def train_peak_rss(store: Path, out: Path, steps: int, eval_tokens: int) -> tuple[float, float]:
+def train_peak_rss(store: Path, out: Path, steps: int, eval_tokens: int, src: Path) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of `bitlens train --store` in a fresh process."""
     if out.exists():
         shutil.rmtree(out)
     argv = ["train", "--store", str(store), "--out", str(out), "--steps", str(steps), "--eval-every", str(steps),
             "--eval-tokens", str(eval_tokens), "--no-progress"]
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src"), argv=argv)],
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(src=str(src), argv=argv)],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench" / "peak_rss"), help="stores and runs go here")
+    ap.add_argument("--src", default=str(ROOT / "src"),
+                    help="bitlens sources the training runs with (e.g. an older checkout's src, for a before/after)")
     ap.add_argument("--keep", action="store_true", help="keep the stores (several GB) afterwards")
     ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "peak_rss.json"))
     args = ap.parse_args()
@@ -99,11 +101,13 @@ def main() -> None:
         for tokens in sorted(args.tokens):
             store = work / f"store_d{dim}_{tokens}"
             build = build_store(store, dim, tokens, args.doc_tokens)
-            mib, seconds = train_peak_rss(store, work / f"run_d{dim}_{tokens}", args.steps, args.eval_tokens)
+            mib, seconds = train_peak_rss(store, work / f"run_d{dim}_{tokens}", args.steps, args.eval_tokens,
+                                           Path(args.src))
             row = {"d": dim, "d_code": 4 * dim, "tokens": tokens,
                    "store_mib": round(sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2 ** 20, 1),
                    "peak_rss_mib": round(mib, 1), "train_seconds": round(seconds, 1),
-                   "build_seconds": round(build, 1), "steps": args.steps, "load_average": os.getloadavg()[0]}
+                   "build_seconds": round(build, 1), "steps": args.steps, "load_average": os.getloadavg()[0],
+                   "src": args.src}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not args.keep:
