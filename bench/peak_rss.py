@@ -84,7 +84,7 @@ def train_peak_rss(store: Path, out: Path, steps: int, eval_tokens: int, src: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", type=int, nargs="+", default=[576, 2048])
-    ap.add_argument("--tokens", type=int, nargs="+", default=[50_000, 200_000, 600_000])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[100_000, 300_000, 900_000])
     ap.add_argument("--doc-tokens", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--eval-tokens", type=int, default=4096)
