@@ -42,3 +42,40 @@ def test_cosine_and_norm_ratio_skip_zero_targets():
     rows[:3] = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]])
     stats = evaluate_coder(Shift(), rows, cofiring=False).stats
     assert 1.0 < stats["relative_norm"] < 1.2 and 0.9 < stats["cosine"] < 1.0
+
+
+def test_cofiring_counts_from_the_live_lower_triangle_are_the_full_gram():
+    """Issue 18: the evaluation multiplies only units that fire in a chunk, and only the lower block triangle; the
+    counts must equal the plain Gram matrix (with dead units, a block that does not divide the width, and both
+    the float and the int8 routes of ``int_mm``)."""
+    import os
+
+    from bitlens.analysis.statistics import CofiringCounts
+    from bitlens.ops import bit_products
+
+    torch.manual_seed(1)
+    active = torch.rand(300, 70) < torch.rand(70) * 0.3
+    active[:, [3, 17, 40]] = False  # dead units
+    active[:, 5] = True  # a constant-on unit
+    every = torch.rand(50, 70) < 0.5
+    every[0] = True  # a chunk in which every unit fires (the in-place route)
+    active = torch.cat([active, every])
+    full = active.long().T @ active.long()
+    for forced in ("0", "1"):
+        os.environ["BITLENS_INT8_MM"] = forced
+        bit_products.cpu_int8_is_fast.cache_clear()
+        try:
+            for block, cut in ((16, 120), (1000, 300), (7, 0), (16, 290)):
+                counts = CofiringCounts(70, block=block)
+                counts.add(active[:cut])
+                counts.add(active[cut:])
+                counts.add(torch.zeros(5, 70, dtype=torch.bool))
+                assert torch.equal(counts.result(), full)
+            counts = CofiringCounts(70, block=16)
+            counts.limit = 100  # partial sums moved to int64 every 100 rows
+            for lo in range(0, 350, 60):
+                counts.add(active[lo:lo + 60])
+            assert torch.equal(counts.result(), full)
+        finally:
+            os.environ.pop("BITLENS_INT8_MM")
+            bit_products.cpu_int8_is_fast.cache_clear()

@@ -235,3 +235,62 @@ def test_split_leaves_out_attention_sink_outliers(tmp_path):
     assert float(torch.cat([train.rows(), val.rows()]).norm(dim=1).max()) < 20
     kept_train, kept_val = store.split(0.5, seed=0, keep_outliers=True)
     assert kept_train.n_rows + kept_val.n_rows == 160
+
+
+def _batches_before_issue18(view, batch_size, epoch, seed, start=0):
+    """The shuffling buffer as written before issue 18 (cast and permute each group whole): the batches of a
+    store must not change, or runs checkpointed before would resume on other rows."""
+    rng = np.random.default_rng([seed, epoch])
+    blocks = view._blocks()[rng.permutation(len(view._blocks()))]
+    sizes = blocks[:, 2] - blocks[:, 1]
+    groups, current, filled = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and filled + size > view.buffer_rows:
+            groups.append(current)
+            current, filled = [], 0
+        current.append(i)
+        filled += int(size)
+    if current:
+        groups.append(current)
+    skip, position, carry = start * batch_size, 0, np.zeros((0, view.dim), dtype=np.float32)
+    for group in groups:
+        n = int(sizes[group].sum())
+        perm = rng.permutation(n)
+        if position + n <= skip:
+            position += n
+            continue
+        data = np.concatenate([view._arrays[s][a:b] for s, a, b in blocks[group]]).astype(np.float32)[perm]
+        if position < skip:
+            data = data[skip - position:]
+        position += n
+        if len(carry):
+            data = np.concatenate([carry, data])
+        full = len(data) // batch_size * batch_size
+        for i in range(0, full, batch_size):
+            yield torch.from_numpy(data[i:i + batch_size])
+        carry = data[full:]
+    if len(carry):
+        yield torch.from_numpy(np.ascontiguousarray(carry))
+
+
+@pytest.fixture(scope="module")
+def shared_store_f16(tmp_path_factory) -> ActivationStore:
+    return ActivationStore(make_store(tmp_path_factory.mktemp("f16") / "s", shard_rows=100, dtype="float16"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch_size=st.integers(1, 300), buffer_rows=st.integers(1, 1000), block_rows=st.integers(1, 400),
+       epoch=st.integers(0, 3), start=st.integers(0, 5), f16=st.booleans())
+def test_batches_are_those_of_the_whole_group_shuffle(shared_store, shared_store_f16, batch_size, buffer_rows,
+                                                      block_rows, epoch, start, f16):
+    """Issue 18: each batch is gathered from the group in the store's dtype and cast on its own; the rows, their
+    order and their float32 values are exactly those of casting and permuting the whole group first."""
+    store = shared_store_f16 if f16 else shared_store
+    view = store.view()
+    view.buffer_rows, view.block_rows = buffer_rows, block_rows
+    got = list(view.batches(batch_size, epoch=epoch, seed=2, start=start))
+    want = list(_batches_before_issue18(view, batch_size, epoch, 2, start))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.is_contiguous()
+        assert torch.equal(g, w)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..ops.bit_products import int_mm
+from ..ops.bit_products import int8_gemm_is_fast, int_mm
 from .entropy import bernoulli_entropy_bits, categorical_entropy_bits
 
 
@@ -30,6 +30,68 @@ class CoderEvaluation(NamedTuple):
     """The flat statistics of ``coder_statistics``."""
     frequencies: np.ndarray
     """[width] firing frequency f_j of every feature."""
+
+
+COFIRING_BLOCK = 512
+"""Columns per block of the co-firing Gram matrix: only its lower block triangle is multiplied (it is symmetric)."""
+
+
+class CofiringCounts:
+    """The co-firing counts ``active^T active`` (int64 [width, width]) of bits fed in chunks, exactly.
+
+    The counts are integers, so every route gives the same matrix; this one multiplies only the units that fire in
+    a chunk (dead units contribute zeros) and only the lower block triangle of the symmetric product, accumulating
+    in place in the GEMM's own dtype: fp32 where the int8 GEMM is slow (``ops.bit_products``; exact while fewer than
+    2^24 rows are summed, after which the partial sums move to int64), else int8 products into int32. About half
+    the multiply-adds of the full product, far fewer when many units are dead, and no m x m conversion per chunk."""
+
+    def __init__(self, width: int, device: torch.device | str = "cpu", block: int = COFIRING_BLOCK):
+        self.width, self.block = width, block
+        self.device = torch.device(device)
+        self.fp32 = not int8_gemm_is_fast(self.device.type)
+        self.limit = 2 ** 24 if self.fp32 else 2 ** 31 - 1  # rows an exact partial sum may hold
+        self.partial = torch.zeros(width, width, dtype=torch.float32 if self.fp32 else torch.int32, device=device)
+        self.partial_rows = 0
+        self.total = torch.zeros(width, width, dtype=torch.int64)
+
+    def add(self, active: torch.Tensor) -> None:
+        """Add the counts of one chunk ``active`` [rows, width] (bool, or 0.0/1.0 floats) on ``device``."""
+        if self.partial_rows + active.shape[0] > self.limit:
+            self._flush()
+        self.partial_rows += active.shape[0]
+        live = active.any(0).nonzero().squeeze(1)
+        k = live.numel()
+        if k == 0:
+            return
+        bits = active if k == self.width else active[:, live]
+        bits = bits.to(torch.float32 if self.fp32 else torch.int8)
+        bits_t = bits.t()
+        for j0 in range(0, k, self.block):
+            j1 = min(j0 + self.block, k)
+            if k == self.width and self.fp32:  # G[j0:, J] += this column block, rows on and below its diagonal
+                self.partial[j0:, j0:j1].addmm_(bits_t[j0:], bits[:, j0:j1])
+                continue
+            part = bits_t[j0:] @ bits[:, j0:j1] if self.fp32 else int_mm(bits_t[j0:], bits[:, j0:j1])
+            if k == self.width:
+                self.partial[j0:, j0:j1] += part
+            else:  # live units are ascending, so a block below the diagonal lands below it
+                self.partial[live[j0:, None], live[None, j0:j1]] += part
+
+    def _flush(self) -> None:
+        self.total += self._symmetric(self.partial).cpu()
+        self.partial.zero_()
+        self.partial_rows = 0
+
+    @staticmethod
+    def _symmetric(lower: torch.Tensor) -> torch.Tensor:
+        """The symmetric int64 matrix whose elements on and below the diagonal are those of ``lower``."""
+        low = lower.tril().to(torch.int64)
+        return low + low.tril(-1).t()
+
+    def result(self) -> torch.Tensor:
+        """int64 [width, width] counts of every row added so far (CPU)."""
+        self._flush()
+        return self.total
 
 
 @torch.no_grad()
@@ -69,7 +131,7 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
     ratio_sum = torch.zeros((), dtype=torch.float64)
     directed = 0  # rows with a non-zero target: cosine and norm ratio are undefined on a zero vector
     fires = None
-    gram = None
+    gram = None  # CofiringCounts once the width is known
     n_levels = getattr(model, "n_levels", 2)  # multi-bit coders (ours): entropy over each unit's levels
     level_counts = torch.zeros(model.width, n_levels, dtype=torch.float64) if n_levels > 2 else None
     for start in range(0, n, chunk):
@@ -79,12 +141,14 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         if level_counts is not None:
             levels = torch.round(code.detach().cpu().double() * (n_levels - 1)).long()
             level_counts += torch.nn.functional.one_hot(levels, n_levels).sum(0, dtype=torch.float64)
-        active = (code != 0).to(torch.int8).cpu()
-        fires = active.sum(0, dtype=torch.float64) if fires is None else fires + active.sum(0, dtype=torch.float64)
+        # 0.0/1.0 per feature; a binary coder's code already is that (no [rows, width] copy). Column sums of
+        # bits are integers, exact in fp32 for chunks below 2^24 rows
+        bits = code if getattr(model, "binary", False) and code.dtype == torch.float32 else (code != 0).float()
+        chunk_fires = bits.sum(0).double().cpu()
+        fires = chunk_fires if fires is None else fires + chunk_fires
         if cofiring:
-            # co-firing counts are integers: the exact int8 product is ~8x faster than a float64 Gram matrix
-            chunk_gram = int_mm(active.T, active).long()
-            gram = chunk_gram if gram is None else gram + chunk_gram
+            gram = gram if gram is not None else CofiringCounts(bits.shape[1], bits.device)
+            gram.add(bits)
         xd, xh = x.double().cpu(), x_hat.double().cpu()
         sum_x += xd.sum(0)
         sum_xx += xd.pow(2).sum()
@@ -92,13 +156,15 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
         norms = xd.norm(dim=-1)
         keep = norms > 0  # e.g. a planted code's all-off rows
         directed += int(keep.sum())
-        cos_sum += torch.nn.functional.cosine_similarity(xd[keep], xh[keep], dim=-1).sum()
-        ratio_sum += (xh[keep].norm(dim=-1) / norms[keep]).sum()
+        if not bool(keep.all()):  # (no gathered copies when every row counts, the usual case)
+            xd, xh, norms = xd[keep], xh[keep], norms[keep]
+        cos_sum += torch.nn.functional.cosine_similarity(xd, xh, dim=-1).sum()
+        ratio_sum += (xh.norm(dim=-1) / norms).sum()
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
     if cofiring:
-        cov = (gram.double() - n * torch.outer(f, f)) / max(n - 1, 1)
+        cov = (gram.result().double() - n * torch.outer(f, f)) / max(n - 1, 1)
         cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
     else:
         cov_pen = torch.tensor(float("nan"))
