@@ -154,9 +154,8 @@ def _register_synth(p, defaults) -> None:
     add_config(p, SynthConfig, "synth", title="synthetic data")
     from ..training.config import synth_loss
 
-    # --target-fvu here is the FVU allowed above each planted code's floor (SYNTH_TARGET_FVU); no revival: a planted
-    # code of r bits leaves d' - r units dead by design
-    _add_training_options(p, {**synth_loss().to_dict(), "revive_every": 0, **defaults})
+    # --target-fvu here is the FVU allowed above each planted code's floor (SYNTH_TARGET_FVU)
+    _add_training_options(p, {**synth_loss().to_dict(), **defaults})
 
 
 def _run_synth(args, argv) -> int:

@@ -68,7 +68,7 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
     weights).
     """
     out = Path(out)
-    bae, train, loss = bae or BAEConfig(), train or TrainConfig(revive_every=0), loss or synth_loss()
+    bae, train, loss = bae or BAEConfig(), train or TrainConfig(), loss or synth_loss()
     seed = train.seed  # one seed drives the data (offset by r), the split and the training
     write_manifest(out, command="synth", config={"synth": synth.to_dict(), "bae": bae.to_dict(),
                                                  "train": train.to_dict(), "loss": loss.to_dict()},
