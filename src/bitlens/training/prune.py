@@ -83,7 +83,7 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
     x_mean = xn.double().mean(0)
     xc = xn.double() - x_mean
     tss = float(xc.pow(2).sum().clamp_min(1e-30))
-    fvu_before = _fvu(model, xn)
+    fvu_before = float((xn - model.decoder(code)).double().pow(2).sum()) / tss  # the code is already encoded
     rate = code.mean(0)
     bits = torch.as_tensor(bernoulli_entropy_bits(rate), dtype=torch.float64, device=dev)
     bits_before = float(bits.sum())
