@@ -54,3 +54,19 @@ def test_training_with_revival_logs_and_resumes_exactly(tmp_path):
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert (tmp_path / "half" / "revival.jsonl").read_text() == (tmp_path / "full" / "revival.jsonl").read_text()
+
+
+def test_reviving_many_units_towards_heavy_tailed_rows_never_raises_the_error():
+    """Layer 3 of SmolLM2 diverged when hundreds of units were revived at once: drawn towards the same rare huge
+    rows, they co-fire there, and columns fitted one by one each added the whole residual. The joint fit cannot."""
+    code = planted_code("nonuniform", 4000, 16, 12, seed=1)
+    x = code.x.clone()
+    x[::50] *= 300.0  # 2% attention-sink-like rows, hundreds of times the typical norm
+    model = init_bae(BAEConfig(d_in=16, expansion=8), x, LossConfig(), seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with torch.no_grad():
+        model.encoder.bias[16:] = -1e6  # 112 of 128 units dead
+    before = _error(model, x)
+    rev = revive_units(model, opt, x, rate=0.03, step=10, seed=0)
+    assert len(rev.units) >= 112
+    assert _error(model, x) <= before

@@ -9,8 +9,11 @@ re-initialised as dictionary-learning resampling does (Bricken et al. 2023), ada
 * a row of the sample is drawn with probability proportional to its squared reconstruction error;
 * the unit's encoder row becomes that row's unit-norm residual direction, its bias the (1 - rate) quantile of the
   projection, so it fires on a fraction ``rate`` of the sample (the sparse start's rate);
-* its decoder column becomes the mean residual of the rows it now fires on: the least-squares column for the
-  unit given the rest of the code, so the revival lowers the sample's error;
+* the decoder columns of all revived units are fitted jointly by ridge least squares to the residual of the rest
+  of the code. Fitting each column alone (the mean residual of the rows it fires on) is exact for one unit but not
+  for many: units drawn towards the same high-error rows co-fire, and each then adds the whole residual. On layer 3
+  of SmolLM2-135M (attention-sink rows thousands of times the typical norm) 530 such units made the training FVU
+  4e5. A joint fit with any ridge >= 0 cannot raise the sample's error above that without the revived units;
 * Adam's moments of the touched rows and columns are reset.
 
 The draw uses a generator seeded by (seed, step), so a resumed run revives exactly as the uninterrupted one.
@@ -42,6 +45,21 @@ def _reset_adam(opt: torch.optim.Optimizer, param: torch.Tensor, index, dim: int
             state[key].index_fill_(dim, index, 0.0)
 
 
+RIDGE = 1e-2
+"""Ridge of the joint decoder fit, relative to the mean firing count: keeps co-firing units' columns small and
+equal rather than large and opposite; a lone unit's column is its mean residual shrunk by about 1%."""
+
+
+def _joint_columns(firing: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    """Decoder columns [k, d] minimising ||err - firing @ C||^2 + ridge ||C||^2 (firing [n, k] of 0/1, err [n, d]).
+    The Gram matrix of a 0/1 code is a matrix of counts, exact in fp32 below 2^24 rows; the solve runs in fp64."""
+    gram = (firing.t() @ firing).double()
+    ridge = RIDGE * float(gram.diagonal().mean().clamp_min(1.0))
+    gram.diagonal().add_(ridge)
+    rhs = (firing.t() @ err).double()
+    return torch.linalg.solve(gram, rhs).to(err.dtype)
+
+
 @torch.no_grad()
 def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch.Tensor, rate: float,
                  step: int, seed: int) -> Revival:
@@ -69,7 +87,7 @@ def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch
     proj = xn @ directions.t()  # [n, k]
     threshold = torch.quantile(proj, 1 - rate, dim=0)
     firing = (proj > threshold).float()  # [n, k]
-    columns = (firing.t() @ err) / firing.sum(0).clamp_min(1).unsqueeze(1)  # [k, d]: mean residual where it fires
+    columns = _joint_columns(firing, err)  # [k, d]
     model.encoder.weight[units] = directions
     if model.encoder.bias is not None:
         model.encoder.bias[units] = -threshold
