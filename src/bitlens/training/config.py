@@ -54,10 +54,10 @@ class LossConfig(Serializable):
     the multiplier scales it together with the entropy weight, so only their ratio is fixed."""
     dual_lr: float = -1.0
     """Target FVU: step of the log-multiplier per training step and unit of relative error (FVU_run - F) / F;
-    -1 = 10 / total steps (the controller's time scales follow the length of training)."""
+    -1 = 10 / min(total steps, 1000) (the controller's time scale follows the run up to 1000 steps)."""
     fvu_horizon: int = -1
     """Target FVU: steps of the moving average of the training FVU that drives the multiplier; -1 = a thirtieth
-    of the training steps (at least 10)."""
+    of min(training steps, 1000) (at least 10)."""
     prune: bool = True
     """Target FVU: after training, refit the decoder by least squares on training rows and drop the units that the
     target does not need (greedy backward elimination while the rows' FVU stays <= F; training/prune.py), so the

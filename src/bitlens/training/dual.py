@@ -68,10 +68,19 @@ class FVUController:
         self.updates = int(state["updates"])
 
 
+CONTROLLER_STEPS = 1000
+"""Time scale of the controller in training steps, at most: ``dual_lr`` / ``fvu_horizon`` of -1 are 10 / T and T / 30
+with T = min(total steps, this). Issue 12 first scaled them with the whole run, so a 400-step analysis and an
+8000-step benchmark saw the same controller relative to their length. That made long runs fail: at 8000 steps the
+multiplier moved 8x slower than the optimiser changes the code, overshot while the entropy ramp was still rising
+(FVU 0.27 at step 2500, 1,568 units dead) and had not come back at the end (held-out FVU 0.2235 against 0.2). How
+fast the code answers a change of price is set by the optimiser's learning rate, not by the run length, so the
+time scale stops growing at the 1000 steps where the controller was validated (BENCHMARKS.md, issue 12)."""
+
+
 def controller_for(loss: Any, total_steps: int) -> FVUController | None:
     """The controller a loss config asks for (a BAE ``LossConfig`` with ``target_fvu > 0``), else None.
-    ``dual_lr`` / ``fvu_horizon`` of -1 scale with the run: 10 / total_steps and total_steps / 30 (>= 10), so a
-    400-step analysis BAE and an 8000-step benchmark BAE see the same controller relative to their length."""
+    ``dual_lr`` / ``fvu_horizon`` of -1 follow the run up to ``CONTROLLER_STEPS``: 10 / T and T / 30 (>= 10)."""
     target = getattr(loss, "target_fvu", 0.0) or 0.0
     if target <= 0:
         return None
@@ -80,6 +89,7 @@ def controller_for(loss: Any, total_steps: int) -> FVUController | None:
 
         raise BitlensError("a target FVU needs the scale_free preset (its reconstruction term is the FVU); "
                            "set --target-fvu 0 with --preset paper")
-    dual_lr = 10 / max(total_steps, 1) if loss.dual_lr == -1 else loss.dual_lr
-    horizon = max(10, total_steps // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon
+    span = max(1, min(total_steps, CONTROLLER_STEPS))
+    dual_lr = 10 / span if loss.dual_lr == -1 else loss.dual_lr
+    horizon = max(10, span // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon
     return FVUController(target=target, dual_lr=dual_lr, horizon=horizon)
