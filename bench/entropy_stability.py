@@ -25,7 +25,7 @@ import numpy as np
 from bitlens.experiments.unit_bae import UnitTraining, fit_unit
 from bitlens.coders.registry import load
 from bitlens.data.store import ActivationStore
-from bitlens.experiments.rd import bootstrap_bits
+from bitlens.analysis.entropy import bootstrap_bits
 from bitlens.io import write_json
 from bitlens.training.config import DEFAULT_TARGET_FVU
 from bitlens.training.run import encode_all

@@ -52,6 +52,8 @@ def test_layers_writes_json_and_plot_and_resumes(store, tmp_path):
         for key in ("layer", "entropy_bits", "entropy_bits_corrected", "fvu", "l0", "joint_bits_corrected"):
             assert key in r
         assert r["entropy_bits_corrected"] >= r["entropy_bits"] >= 0
+        lo, hi = r["entropy_bits_ci95"]  # every reported estimate carries its bootstrap interval
+        assert lo <= r["entropy_bits"] <= hi
     assert (out / "layers.png").stat().st_size > 0 and (out / "manifest.json").is_file()
     # a second run reads the finished layers instead of retraining them
     result = out / "layer_01" / "result.json"

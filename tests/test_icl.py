@@ -103,6 +103,7 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
     for entry in task["layers"]:
         assert [c["k"] for c in entry["curve"]] == [0, 1, 2]
         assert all(c["entropy_bits"] >= 0 and "accuracy" in c for c in entry["curve"])
+        assert all(c["entropy_bits_ci95"][0] <= c["entropy_bits"] <= c["entropy_bits_ci95"][1] for c in entry["curve"])
     prompts = json.loads((out / "spam" / "prompts_k2.json").read_text())
     assert prompts["last_tokens"] and all(t.endswith(":") for t in prompts["last_tokens"])
     assert (out / "icl.png").stat().st_size > 0

@@ -9,7 +9,8 @@ import torch
 
 from bitlens.cli.main import main
 from bitlens.data.synthetic import bernoulli_bits, planted_code
-from bitlens.experiments.rd import bootstrap_bits, covariance_eigenvalues, find_knee, gaussian_rate
+from bitlens.analysis.entropy import bootstrap_bits
+from bitlens.experiments.rd import covariance_eigenvalues, find_knee, gaussian_rate
 
 
 def test_gaussian_rate_is_reverse_water_filling():

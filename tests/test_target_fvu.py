@@ -61,6 +61,8 @@ def test_target_sets_the_direction_of_the_weight(tmp_path, caplog, target, direc
     for key in ("train/fvu_running", "train/entropy_weight", "train/lambda"):
         assert key in records[-1]
     assert stats["target_fvu"] == target
+    lo, hi = stats["entropy_bits_ci95"]  # bootstrap over the held-out tokens
+    assert lo <= stats["entropy_bits"] <= hi
     weights = [r["train/entropy_weight"] for r in records]
     if direction > 0:  # a loose target: bits are bought too dearly at the start, so the weight has to rise
         assert max(weights) > loss.entropy_weight

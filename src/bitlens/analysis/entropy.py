@@ -117,3 +117,26 @@ def batch_mean_entropy(codes: torch.Tensor | np.ndarray, batch_size: int = 512) 
     sums = [bernoulli_entropy_bits(arr[i:i + batch_size].mean(0, dtype=np.float64)).sum()
             for i in range(0, arr.shape[0], batch_size)]
     return float(np.mean(sums))
+
+
+BOOTSTRAP_RESAMPLES = 200
+"""Resamples of the bootstrap interval on every reported entropy (issue 12: each estimate carries one)."""
+
+
+def bootstrap_bits(codes: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                   chunk: int = 16384) -> tuple[float, float]:
+    """95% interval (2.5% and 97.5% quantiles) of the marginal bits sum_j H_b(p_j) over Poisson-bootstrap
+    resamples of the rows of codes [n, d'] (0/1). Each resample weighs every row by a Poisson(1) count, so one
+    [resamples, n] @ [n, d'] product gives all the resampled firing rates; rows are taken in chunks."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(resamples, codes.shape[1], dtype=torch.float64)
+    total = torch.zeros(resamples, 1, dtype=torch.float64)
+    for start in range(0, codes.shape[0], chunk):
+        c = codes[start:start + chunk].float()
+        weights = torch.poisson(torch.ones(resamples, c.shape[0]), generator=g)
+        counts += (weights @ c).double()  # exact: integer sums far below 2^24 per chunk
+        total += weights.sum(1, keepdim=True).double()
+    p = counts / total.clamp_min(1)
+    h = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)).sum(1) / LN2
+    lo, hi = torch.quantile(h, torch.tensor([0.025, 0.975], dtype=h.dtype)).tolist()
+    return lo, hi

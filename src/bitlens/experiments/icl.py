@@ -191,8 +191,10 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
                               inputs={"task": name, "layer": layer, "ks": ks})
             curve = [{"k": k, "entropy_bits": result[f"k_{k}"]["entropy_bits"],
                       "entropy_bits_corrected": result[f"k_{k}"]["entropy_bits_corrected"],
+                      "entropy_bits_ci95": result[f"k_{k}"].get("entropy_bits_ci95"),  # None: a unit made before
                       "accuracy": acc_by_k[k]} for k in ks]
-            layer_rows.append({"layer": layer, "curve": curve, "fvu": result["fvu"], "l0": result["l0"]})
+            layer_rows.append({"layer": layer, "curve": curve, "fvu": result["fvu"], "l0": result["l0"],
+                               "target_fvu": result.get("target_fvu"), "dead": result.get("dead")})
         tasks_out[name] = {"labels": task.labels, "source": task.source, "n_queries": len(queries),
                            "pool_size": len(pool), "input_prefix": task.input_prefix,
                            "label_prefix": task.label_prefix, "accuracy": accuracy, "layers": layer_rows}

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .unit_bae import UnitTraining, fit_unit
+from ..analysis.entropy import bootstrap_bits
 from ..config import Serializable
-from ..data.synthetic import bernoulli_bits
 from ..io import BitlensError, atomic_path, write_json, write_manifest
 from ..training.config import llm_loss
 
@@ -119,18 +119,6 @@ def find_knee(fvu: Sequence[float], bits: Sequence[float]) -> Knee | None:
     if below[i] <= 1e-9:
         return None
     return Knee(int(order[i]), float(f[i]), float(b[i]))
-
-
-def bootstrap_bits(codes: torch.Tensor, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """2.5% and 97.5% quantiles of the marginal bits sum_j H_b(p_j) over Poisson-bootstrap resamples of the rows
-    of codes [n, d']."""
-    g = torch.Generator().manual_seed(seed)
-    c = codes.float()
-    weights = torch.poisson(torch.ones(resamples, c.shape[0]), generator=g)
-    p = (weights @ c) / weights.sum(1, keepdim=True).clamp_min(1)
-    h = bernoulli_bits(p).sum(1)
-    lo, hi = torch.quantile(h, torch.tensor([0.025, 0.975], dtype=h.dtype)).tolist()
-    return lo, hi
 
 
 # ---- the runner -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.entropy import bootstrap_bits
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..data.sources import RowSource
 from ..io import BitlensError, check_out_dir, read_json_object, write_json, write_manifest
@@ -165,6 +166,9 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     val = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} if pruning is None else {}
     val = val or trainer.evaluate()
     final = {"step": trainer.step, **val}
+    rows = trainer.eval_rows()
+    if rows is not None and getattr(trainer.model, "binary", False) and "entropy_bits" in final:
+        final["entropy_bits_ci95"] = list(bootstrap_bits(encode_all(trainer.model, rows)))  # over held-out tokens
     if trainer.controller is not None:  # the operating point this run was trained to, next to the one it reached
         target = trainer.controller.target
         final.update(target_fvu=target, fvu_running=trainer.controller.fvu_running,

@@ -396,13 +396,19 @@ class Trainer:
         for name, value in named.items():
             r[name] = r.get(name, 0.0) + float(value)
 
-    def evaluate(self) -> dict[str, float]:
-        """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
+    def eval_rows(self) -> torch.Tensor | None:
+        """The (at most eval_tokens) validation rows every evaluation uses, read once; None without validation."""
         if self.val_rows is None or self.val_rows.n_rows == 0:
-            return {}
+            return None
         if self._val_cache is None:
             targets = _targets(self.val_rows, self.cfg.eval_tokens) if hasattr(self.val_rows, "target_rows") else None
             self._val_cache = (self.val_rows.rows(self.cfg.eval_tokens), targets)
+        return self._val_cache[0]
+
+    def evaluate(self) -> dict[str, float]:
+        """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
+        if self.eval_rows() is None:
+            return {}
         was_training = self.model.training
         self.model.eval()
         stats = coder_statistics(self.model, *self._val_cache)
