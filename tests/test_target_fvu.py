@@ -11,7 +11,7 @@ from bitlens.cli.main import main
 from bitlens.data.sources import split_rows
 from bitlens.data.synthetic import bernoulli_bits, known_entropy_data, planted_code
 from bitlens.io import BitlensError
-from bitlens.training.dual import FVUController
+from bitlens.training.dual import CONTROLLER_STEPS, FVUController, controller_for
 from bitlens.training.config import apply_preset
 from bitlens.training.trainer import Trainer, init_bae, read_metrics
 
@@ -43,6 +43,16 @@ def test_controller_moves_the_weight_towards_the_target_and_round_trips():
     d = FVUController(target=0.1, dual_lr=0.1, horizon=1)
     d.load(json.loads(json.dumps(c.state())))
     assert d == c and d.scale == pytest.approx(math.exp(-0.05))
+
+
+def test_controller_time_scale_follows_short_runs_and_stops_growing_at_1000_steps():
+    # an 8000-step run with the time scale of its whole length overshot to FVU 0.27 and ended at 0.2235 (target 0.2)
+    short, long = controller_for(LossConfig(), 400), controller_for(LossConfig(), 8 * CONTROLLER_STEPS)
+    assert (short.dual_lr, short.horizon) == (pytest.approx(10 / 400), 13)
+    assert (long.dual_lr, long.horizon) == (pytest.approx(10 / CONTROLLER_STEPS), CONTROLLER_STEPS // 30)
+    fixed = controller_for(LossConfig(dual_lr=0.5, fvu_horizon=7), 8000)
+    assert (fixed.dual_lr, fixed.horizon) == (0.5, 7)
+    assert controller_for(LossConfig(target_fvu=0), 8000) is None
 
 
 def _fair(seed=3):
