@@ -77,3 +77,23 @@ def test_training_to_a_target_prunes_logs_and_is_idempotent_on_resume(tmp_path):
     assert final2["entropy_bits"] == pytest.approx(final["entropy_bits"], abs=1e-6)
     off, _ = train_bae(tr, va, tmp_path / "off", bae=bae, cfg=dataclasses.replace(cfg, steps=20), loss=LossConfig(**{**loss.to_dict(), "prune": False}))
     assert not (tmp_path / "off" / "pruning.json").exists()
+
+
+def test_a_refit_that_generalises_worse_is_undone_when_nothing_is_dropped():
+    """Few rows, many units: the least-squares refit overfits the fitted rows. With nothing to drop (a target below
+    reach) the trained decoder, here the least-squares one of a large sample, must stay."""
+    torch.manual_seed(0)
+    x = torch.randn(20000, 16)
+    model = init_bae(BAEConfig(d_in=16, expansion=8), x, LossConfig(), seed=0)
+    with torch.no_grad():
+        xn = x / model.input_scale
+        code = (model.encoder(xn) > 0).float()
+        sol = torch.linalg.lstsq(torch.cat([code, torch.ones(len(code), 1)], 1), xn).solution
+        model.decoder.weight.copy_(sol[:-1].t())
+        model.decoder.bias.copy_(sol[-1])
+    before = [p.clone() for p in model.decoder.parameters()]
+    result = prune_to_target(model, x[:400], target_fvu=0.001)  # far below reach: nothing can go
+    assert result.pruned == [] and result.fvu_refit < result.fvu_before  # the refit fits its own rows better...
+    assert not result.refit_kept  # ...but not the held-back ones, so it is undone
+    assert all(torch.equal(a, b) for a, b in zip(before, model.decoder.parameters()))
+    assert result.fvu_check_after == result.fvu_check_before

@@ -20,6 +20,10 @@ minus the gap it opens on a held-back slice of the same training rows (the last 
 which is in store order, so mostly other documents): the pruned code then sits at the target on unseen rows rather
 than only on the rows it was refitted on.
 
+When no unit can be dropped, the refit is kept only if it also lowers the held-back rows' FVU: on the demo store
+after 8000 steps the trained decoder was already near the least-squares one, and the refit (1,780 columns on 52k
+rows) raised the held-out FVU from 0.2076 to 0.2114. Otherwise the trained decoder is restored.
+
 Exact duplicates make G singular; a ridge of 1e-6 of G's mean diagonal keeps the elimination defined and G^-1
 accurate (it splits a duplicated column equally, and dropping one copy then costs ~0).
 """
@@ -57,6 +61,10 @@ class Pruning(NamedTuple):
     bits_before: float
     """The sample's marginal entropy (sum of H_b over units) before."""
     bits_after: float
+    fvu_check_before: float
+    """The held-back rows' FVU of the trained model."""
+    refit_kept: bool
+    """False when nothing was dropped and the refit did not lower the held-back FVU: the trained decoder stays."""
     active_before: int
     """Units that fire on some but not all rows of the sample."""
     pruned: list[int]
@@ -130,7 +138,9 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
         pruned.append(int(active[keep[j]]))
         keep = [keep[i] for i in rest.tolist()]
         beta, ginv, h, mu = beta[rest], ginv[rest][:, rest], h[rest], mu[rest]
+    fvu_check_before = _fvu(model, xn_check) if n_check else float("nan")
     kept = active[torch.tensor(keep, dtype=torch.long, device=dev)] if keep else active[:0]
+    trained = (model.decoder.weight.clone(), model.decoder.bias.clone())
     off = torch.cat([const, torch.tensor(pruned, dtype=torch.long, device=dev)])
     w_out, b_out = model.decoder.weight, model.decoder.bias  # [d, m], [d]
     w_out.zero_()
@@ -140,6 +150,12 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
         model.encoder.weight[off] = 0.0
         if model.encoder.bias is not None:
             model.encoder.bias[off] = -1.0
+    fvu_check_after = _fvu(model, xn_check) if n_check else float("nan")
+    refit_kept = bool(pruned or const.numel() or not n_check or fvu_check_after < fvu_check_before)
+    if not refit_kept:  # nothing to drop and the refit generalises worse than the trained decoder: undo it
+        w_out.copy_(trained[0])
+        b_out.copy_(trained[1])
+        fvu_check_after = fvu_check_before
     return Pruning(n, n_check, target_fvu, gap, budget_fvu, fvu_before, fvu_refit, _fvu(model, xn),
-                   _fvu(model, xn_check) if n_check else float("nan"), bits_before, float(bits[kept].sum()),
+                   fvu_check_after, bits_before, float(bits[kept].sum()), fvu_check_before, refit_kept,
                    int(active.numel()), pruned)

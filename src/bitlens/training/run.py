@@ -205,9 +205,10 @@ def _prune(trainer: Trainer, out_dir: Path):
     log = logging.getLogger("bitlens")
     log.info("pruning to FVU %.3f (%.4f on the %d refitted training rows, after a refit gap of %.4f on %d held-back "
              "ones): %d of %d active units dropped, %.1f -> %.1f bits; FVU %.4f -> refit %.4f -> %.4f (held back: "
-             "%.4f)", result.target_fvu, result.budget_fvu, result.rows, result.gap, result.check_rows,
+             "%.4f)%s", result.target_fvu, result.budget_fvu, result.rows, result.gap, result.check_rows,
              len(result.pruned), result.active_before, result.bits_before, result.bits_after, result.fvu_before,
-             result.fvu_refit, result.fvu_after, result.fvu_check_after)
+             result.fvu_refit, result.fvu_after, result.fvu_check_after,
+             "" if result.refit_kept else "; the refit generalised worse and was undone (trained decoder kept)")
     return result
 
 
