@@ -86,6 +86,7 @@ def test_a_refit_that_generalises_worse_is_undone_when_nothing_is_dropped():
     x = torch.randn(20000, 16)
     model = init_bae(BAEConfig(d_in=16, expansion=8), x, LossConfig(), seed=0)
     with torch.no_grad():
+        model.encoder.bias[0] = 1e4  # constant-on: switched off only if the refit is kept
         xn = x / model.input_scale
         code = (model.encoder(xn) > 0).float()
         sol = torch.linalg.lstsq(torch.cat([code, torch.ones(len(code), 1)], 1), xn).solution
@@ -96,4 +97,4 @@ def test_a_refit_that_generalises_worse_is_undone_when_nothing_is_dropped():
     assert result.pruned == [] and result.fvu_refit < result.fvu_before  # the refit fits its own rows better...
     assert not result.refit_kept  # ...but not the held-back ones, so it is undone
     assert all(torch.equal(a, b) for a, b in zip(before, model.decoder.parameters()))
-    assert result.fvu_check_after == result.fvu_check_before
+    assert result.fvu_check_after == result.fvu_check_before and float(model.encoder.bias[0]) == 1e4

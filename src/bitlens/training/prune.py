@@ -141,21 +141,22 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
     fvu_check_before = _fvu(model, xn_check) if n_check else float("nan")
     kept = active[torch.tensor(keep, dtype=torch.long, device=dev)] if keep else active[:0]
     trained = (model.decoder.weight.clone(), model.decoder.bias.clone())
-    off = torch.cat([const, torch.tensor(pruned, dtype=torch.long, device=dev)])
     w_out, b_out = model.decoder.weight, model.decoder.bias  # [d, m], [d]
     w_out.zero_()
     w_out[:, kept] = beta.t().to(w_out.dtype)
     b_out.copy_((x_mean - mu @ beta).to(b_out.dtype))
+    w_out[:, const] = 0.0  # the refitted bias carries the constant-on units
+    fvu_check_after = _fvu(model, xn_check) if n_check else float("nan")
+    refit_kept = bool(pruned or not n_check or fvu_check_after < fvu_check_before)
+    if not refit_kept:  # nothing to drop and the refit generalises worse than the trained decoder: undo it
+        w_out.copy_(trained[0])  # (constant-on units stay on: their columns are constants of this decoder)
+        b_out.copy_(trained[1])
+        fvu_check_after = fvu_check_before
+    off = torch.cat([const, torch.tensor(pruned, dtype=torch.long, device=dev)]) if refit_kept else const[:0]
     if off.numel():
         model.encoder.weight[off] = 0.0
         if model.encoder.bias is not None:
             model.encoder.bias[off] = -1.0
-    fvu_check_after = _fvu(model, xn_check) if n_check else float("nan")
-    refit_kept = bool(pruned or const.numel() or not n_check or fvu_check_after < fvu_check_before)
-    if not refit_kept:  # nothing to drop and the refit generalises worse than the trained decoder: undo it
-        w_out.copy_(trained[0])
-        b_out.copy_(trained[1])
-        fvu_check_after = fvu_check_before
     return Pruning(n, n_check, target_fvu, gap, budget_fvu, fvu_before, fvu_refit, _fvu(model, xn),
                    fvu_check_after, bits_before, float(bits[kept].sum()), fvu_check_before, refit_kept,
                    int(active.numel()), pruned)
