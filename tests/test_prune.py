@@ -73,6 +73,9 @@ def test_training_to_a_target_prunes_logs_and_is_idempotent_on_resume(tmp_path):
     assert log["fvu_refit"] <= log["fvu_before"] + 1e-6  # the least-squares decoder is at least as good
     assert final["bits_before_pruning"] >= final["entropy_bits"] - 1e-6
     assert final["target_reached"] == (abs(final["fvu"] - 0.05) <= 0.01 or final["target_slack"])
+    # the budget is calibrated on the validation rows the final FVU is reported on
+    assert log["checked_on"] == "validation" and log["check_rows"] == va.n_rows and log["rows"] == tr.n_rows
+    assert log["fvu_check_after"] == pytest.approx(final["fvu"], abs=1e-3)
     again, final2 = train_bae(tr, va, tmp_path / "run", resume=True)
     assert final2["entropy_bits"] == pytest.approx(final["entropy_bits"], abs=1e-6)
     off, _ = train_bae(tr, va, tmp_path / "off", bae=bae, cfg=dataclasses.replace(cfg, steps=20), loss=LossConfig(**{**loss.to_dict(), "prune": False}))
@@ -98,3 +101,14 @@ def test_a_refit_that_generalises_worse_is_undone_when_nothing_is_dropped():
     assert not result.refit_kept  # ...but not the held-back ones, so it is undone
     assert all(torch.equal(a, b) for a, b in zip(before, model.decoder.parameters()))
     assert result.fvu_check_after == result.fvu_check_before and float(model.encoder.bias[0]) == 1e4
+
+
+def test_check_rows_calibrate_the_budget_with_a_gap_of_either_sign():
+    model, code = _planted_model(copies=2)
+    noisy = code.x + 0.05 * torch.randn(code.x.shape, generator=torch.Generator().manual_seed(0))
+    harder = prune_to_target(model, code.x, target_fvu=0.5, check_rows=noisy)
+    assert harder.checked_on == "validation" and harder.rows == len(code.x) and harder.gap > 0
+    assert harder.pruned and harder.fvu_check_after <= 0.5 + 1e-6  # the check rows end within the target
+    model, code = _planted_model(copies=2)
+    easier = prune_to_target(model, noisy, target_fvu=0.5, check_rows=code.x)  # fitted on the noisy rows
+    assert easier.gap < 0 and easier.budget_fvu > 0.5

@@ -64,6 +64,10 @@ class LossConfig(Serializable):
     code is not left with redundant units that gradient descent cannot remove. Logged in pruning.json."""
     prune_rows: int = 65536
     """Target FVU: training rows on which the decoder is refitted and units are pruned."""
+    prune_check: Literal["validation", "training"] = "validation"
+    """Target FVU: rows that calibrate the pruning budget (the refit's gap): validation = the held-out rows the run
+    reports its FVU and bits on (they decide how many units go, so the reported FVU sits at the target); training =
+    a held-back fifth of the pruning rows (no held-out data used; held-out documents may then be off by +-0.02)."""
     entropy_threshold: float = 0.0
     """Entropy floor in bits: below it the entropy term is a gradient-free 0 (official option; 0 = off)."""
     entropy_start: int = -1
@@ -94,6 +98,8 @@ class LossConfig(Serializable):
             raise ValueError("target_fvu scales the entropy weight, so it must be > 0")
         if (self.dual_lr < 0 and self.dual_lr != -1) or (self.fvu_horizon < 1 and self.fvu_horizon != -1):
             raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1 (or -1: set from the training length)")
+        if self.prune_check not in ("validation", "training"):
+            raise ValueError("prune_check must be validation or training")
         if self.prune_rows < 2:
             raise ValueError("prune_rows must be >= 2")
 

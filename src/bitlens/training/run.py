@@ -199,13 +199,15 @@ def _prune(trainer: Trainer, out_dir: Path):
         return None
     from .prune import prune_to_target
 
-    result = prune_to_target(trainer.model, trainer.train_rows.rows(loss.prune_rows), trainer.controller.target)
+    check = trainer.eval_rows() if getattr(loss, "prune_check", "training") == "validation" else None
+    result = prune_to_target(trainer.model, trainer.train_rows.rows(loss.prune_rows), trainer.controller.target,
+                             check_rows=check)
     trainer.save()
     write_json(out_dir / "pruning.json", result._asdict())
     log = logging.getLogger("bitlens")
-    log.info("pruning to FVU %.3f (%.4f on the %d refitted training rows, after a refit gap of %.4f on %d held-back "
-             "ones): %d of %d active units dropped, %.1f -> %.1f bits; FVU %.4f -> refit %.4f -> %.4f (held back: "
-             "%.4f)%s", result.target_fvu, result.budget_fvu, result.rows, result.gap, result.check_rows,
+    log.info("pruning to FVU %.3f (%.4f on the %d refitted training rows, after a gap of %.4f on %d %s rows): "
+             "%d of %d active units dropped, %.1f -> %.1f bits; FVU %.4f -> refit %.4f -> %.4f (check rows: %.4f)%s",
+             result.target_fvu, result.budget_fvu, result.rows, result.gap, result.check_rows, result.checked_on,
              len(result.pruned), result.active_before, result.bits_before, result.bits_after, result.fvu_before,
              result.fvu_refit, result.fvu_after, result.fvu_check_after,
              "" if result.refit_kept else "; the refit generalised worse and was undone (trained decoder kept)")
