@@ -50,6 +50,8 @@ def test_controller_time_scale_follows_short_runs_and_stops_growing_at_1000_step
     short, long = controller_for(LossConfig(), 400), controller_for(LossConfig(), 8 * CONTROLLER_STEPS)
     assert (short.dual_lr, short.horizon) == (pytest.approx(10 / 400), 13)
     assert (long.dual_lr, long.horizon) == (pytest.approx(10 / CONTROLLER_STEPS), CONTROLLER_STEPS // 30)
+    whole = controller_for(LossConfig(controller_span=0), 8000)  # synth's: a planted code's FVU 0 is below any target
+    assert (whole.dual_lr, whole.horizon) == (pytest.approx(10 / 8000), 8000 // 30)
     fixed = controller_for(LossConfig(dual_lr=0.5, fvu_horizon=7), 8000)
     assert (fixed.dual_lr, fixed.horizon) == (0.5, 7)
     assert controller_for(LossConfig(target_fvu=0), 8000) is None

@@ -58,6 +58,11 @@ class LossConfig(Serializable):
     fvu_horizon: int = -1
     """Target FVU: steps of the moving average of the training FVU that drives the multiplier; -1 = a thirtieth
     of min(training steps, 1000) (at least 10)."""
+    controller_span: int = 1000
+    """Target FVU: the longest time scale of the controller, in steps: dual_lr and fvu_horizon of -1 follow
+    min(training steps, this); 0 = the whole run. 1000 on LLM states (a longer one overshot and never came back);
+    `synth` uses 0, because a noise-free planted code sits at FVU 0, below any target, so the weight rises for as
+    long as training lasts, and rising fast it ends by destroying a true bit (r = 2: one bit lost at weight 18,767)."""
     prune: bool = True
     """Target FVU: after training, refit the decoder by least squares on training rows and drop the units that the
     target does not need (greedy backward elimination while the rows' FVU stays <= F; training/prune.py), so the
@@ -98,6 +103,8 @@ class LossConfig(Serializable):
             raise ValueError("target_fvu scales the entropy weight, so it must be > 0")
         if (self.dual_lr < 0 and self.dual_lr != -1) or (self.fvu_horizon < 1 and self.fvu_horizon != -1):
             raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1 (or -1: set from the training length)")
+        if self.controller_span < 0:
+            raise ValueError("controller_span must be >= 0 (0 = the whole run)")
         if self.prune_check not in ("validation", "training"):
             raise ValueError("prune_check must be validation or training")
         if self.prune_rows < 2:
@@ -145,7 +152,7 @@ at 0.155 with it; every r within 0.01 bit of the truth without it), while on LLM
 def synth_loss(target_fvu: float = SYNTH_TARGET_FVU) -> LossConfig:
     """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the data set's floor),
     starting from the weights 10 / 1000 that the fixed-weight benchmark was calibrated with (BENCHMARKS.md)."""
-    return LossConfig(target_fvu=target_fvu, entropy_weight=10.0, cov_weight=1000.0)
+    return LossConfig(target_fvu=target_fvu, entropy_weight=10.0, cov_weight=1000.0, controller_span=0)
 
 
 @dataclass

@@ -69,7 +69,7 @@ class FVUController:
 
 
 CONTROLLER_STEPS = 1000
-"""Time scale of the controller in training steps, at most: ``dual_lr`` / ``fvu_horizon`` of -1 are 10 / T and T / 30
+"""Default time scale of the controller in training steps, at most (``LossConfig.controller_span``): ``dual_lr`` / ``fvu_horizon`` of -1 are 10 / T and T / 30
 with T = min(total steps, this). Issue 12 first scaled them with the whole run, so a 400-step analysis and an
 8000-step benchmark saw the same controller relative to their length. That made long runs fail: at 8000 steps the
 multiplier moved 8x slower than the optimiser changes the code, overshot while the entropy ramp was still rising
@@ -89,7 +89,8 @@ def controller_for(loss: Any, total_steps: int) -> FVUController | None:
 
         raise BitlensError("a target FVU needs the scale_free preset (its reconstruction term is the FVU); "
                            "set --target-fvu 0 with --preset paper")
-    span = max(1, min(total_steps, CONTROLLER_STEPS))
+    cap = getattr(loss, "controller_span", CONTROLLER_STEPS)
+    span = max(1, min(total_steps, cap) if cap > 0 else total_steps)
     dual_lr = 10 / span if loss.dual_lr == -1 else loss.dual_lr
     horizon = max(10, span // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon
     return FVUController(target=target, dual_lr=dual_lr, horizon=horizon)
