@@ -143,10 +143,10 @@ def llm_loss(target_fvu: float = DEFAULT_TARGET_FVU) -> LossConfig:
 
 
 SYNTH_REVIVE_EVERY = 0
-"""`bitlens synth` trains without unit revival (``TrainConfig.revive_every``), unlike the commands on LLM states. On
-planted fair codes revival cost bits (make synth, 8000 steps: r = 4 gave 3.00 bits at FVU 0.25 and r = 10 gave 8.95
-at 0.155 with it; every r within 0.01 bit of the truth without it), while on LLM states it saves bits at the same FVU
-(BENCHMARKS.md, issue 12)."""
+"""`bitlens synth` trains without unit revival (``TrainConfig.revive_every``), unlike the commands on LLM states:
+make synth was validated without it (every r within 0.01 bit). A run with revival and the 1000-step controller
+lost a true bit at r = 4 and r = 10 (3.00 bits at FVU 0.25, 8.95 at 0.155), but the controller alone also lost one
+at r = 2, so which of the two did it was not separated (BENCHMARKS.md, issue 12)."""
 
 
 def synth_loss(target_fvu: float = SYNTH_TARGET_FVU) -> LossConfig:
