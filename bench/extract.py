@@ -4,7 +4,9 @@
    (tokenisation, early-stopped forward, copies, float16 cast, shard writes, statistics) divided by
    tokens/s of bare ``model(input_ids, attention_mask)`` forward passes. Also reported: the ratio against a
    bare forward that stops at the same layer (hook + exception, no copying), i.e. the store's own cost.
-   Repeated ``--repeats`` times, alternating, and the median taken (the machine is shared).
+   Repeated ``--repeats`` times, alternating, and the median taken (the machine is shared). The bare forwards
+   run the batches extraction runs, its whole last batch included (extraction drops the rows of that batch past
+   the token budget, but runs the forward on all of it); the script checks the sequence count against the store.
 2. Peak RSS of extractions of ``--rss-tokens`` tokens (default 100k and 400k), each in a fresh process.
    To keep it affordable on 2 cores these use ``--rss-layer`` (default 3): the memory held by the
    extractor (model, one shard buffer, statistics) does not depend on the layer depth, only the time does.
@@ -15,6 +17,7 @@ Usage: python bench/extract.py [--tokens 16384] [--layer 15] [--json runs/bench/
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -30,24 +33,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from bitlens.data.corpora import load_corpus  # noqa: E402
-from bitlens.data.extract import capture_layers, extract_to_store, iter_sequences, pad_batch  # noqa: E402
+from bitlens.data.extract import (capture_layers, extract_to_store, iter_sequences, keep_mask_and_meta,  # noqa: E402
+                                  pad_batch)
 from bitlens.data.models import load_model  # noqa: E402
 
 SEED = 0
 
 
 def same_batches(lm, corpus, n_tokens: int, max_seq_len: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The padded batches extract_to_store(max_tokens=n_tokens) will run, in the same order."""
+    """The padded batches extract_to_store(max_tokens=n_tokens) runs, in the same order: full batches of
+    ``batch_size`` sequences (the last one too: extraction runs its whole last batch and drops the rows past the
+    budget), up to the batch in which the stored rows (same token selection as extraction) reach ``n_tokens``.
+    ``time_extract`` checks the store's sequence count against these batches."""
     order = np.random.default_rng(SEED).permutation(len(corpus.documents))
-    batches, batch, kept = [], [], 0
-    for seq in iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len):
-        batch.append(seq)
-        kept += len(seq.tokens) - 1  # no BOS for SmolLM2; position 0 is excluded
-        if len(batch) == batch_size or kept >= n_tokens:
-            batches.append(pad_batch(batch, lm.tokenizer.pad_token_id))
-            batch = []
-        if kept >= n_tokens:
+    special_ids = set(lm.tokenizer.all_special_ids)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    sequences = iter_sequences(lm.tokenizer, corpus.documents, order, max_seq_len)
+    batches, stored = [], 0
+    while stored < n_tokens:
+        batch = list(itertools.islice(sequences, batch_size))
+        if not batch:
             break
+        ids, mask = pad_batch(batch, pad_id)
+        stored += len(keep_mask_and_meta(batch, ids.shape[1], special_ids, exclude_first=True)[1])
+        batches.append((ids, mask))
     return batches
 
 
@@ -67,12 +76,17 @@ def time_bare(lm, batches, layer: int | None) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_extract(lm, corpus, n_tokens: int, layer: int, max_seq_len: int, batch_size: int) -> tuple[float, float]:
+def time_extract(lm, corpus, n_tokens: int, layer: int, max_seq_len: int, batch_size: int,
+                 n_sequences: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="bitlens-bench-") as tmp:
         wall, cpu = _clocks()
         extract_to_store(lm, corpus, Path(tmp) / "store", layers=[layer], max_tokens=n_tokens,
                          max_seq_len=max_seq_len, forward_batch=batch_size, order_seed=SEED, progress=False)
-        return time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        ran = json.loads((Path(tmp) / "store" / "manifest.json").read_text())["n_sequences"]
+    if ran != n_sequences:  # the bare forwards must run the very batches extraction ran
+        raise SystemExit(f"extraction ran {ran} sequences, the bare-forward batches hold {n_sequences}")
+    return wall, cpu
 
 
 _RSS_CHILD = """
@@ -116,8 +130,8 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, fn in [("bare_full", lambda: time_bare(lm, batches, None)),
-                         ("extract", lambda: time_extract(lm, corpus, args.tokens, args.layer,
-                                                          args.max_seq_len, args.batch_size)),
+                         ("extract", lambda: time_extract(lm, corpus, args.tokens, args.layer, args.max_seq_len,
+                                                          args.batch_size, sum(len(ids) for ids, _ in batches))),
                          ("bare_same_layer", lambda: time_bare(lm, batches, args.layer))]:
             wall, used = fn()
             runs[name].append(wall)
@@ -131,7 +145,8 @@ def main() -> None:
     result = {
         "device": "cpu", "threads": torch.get_num_threads(), "model": lm.describe(), "tokens": args.tokens,
         "layer": args.layer, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-        "n_batches": len(batches), "seconds": runs, "cpu_seconds": cpu,
+        "n_batches": len(batches), "n_sequences": sum(len(ids) for ids, _ in batches),
+        "forward_tokens": int(sum(int(mask.sum()) for _, mask in batches)), "seconds": runs, "cpu_seconds": cpu,
         "tokens_per_cpu_s": tps_cpu, "tokens_per_s": tps, "tokens_per_s_median": tps_median,
         "cpu_ratio_vs_bare_forward": tps_cpu["extract"] / tps_cpu["bare_full"],
         "cpu_ratio_vs_bare_forward_same_layer": tps_cpu["extract"] / tps_cpu["bare_same_layer"],

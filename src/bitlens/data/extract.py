@@ -29,6 +29,7 @@ from ..io import BitlensError, check_out_dir
 from .corpora import Corpus, Document, load_corpus
 from .models import LoadedModel, load_model
 from .store import META_COLUMNS, Key, StoreWriter, parse_site
+from .token_texts import token_texts
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def extract_to_store(lm: LoadedModel, corpus: Corpus, out: str | Path, *, layers
     writer = StoreWriter.open(out, settings=settings, layers=layers, dim=lm.d_model, dtype=dtype,
                               shard_rows=shard_rows, overwrite=overwrite,
                               documents=lambda: _document_table(corpus, order),
-                              token_texts=lambda: _token_texts(lm.tokenizer), sites=sites)
+                              token_texts=lambda: token_texts(lm.tokenizer), sites=sites)
     if writer.complete:
         log.info("store %s is already complete (%d tokens)", out, writer.n_tokens)
         return Path(out)
@@ -320,11 +321,6 @@ def _document_table(corpus: Corpus, order: np.ndarray) -> list[dict]:
     rank[order] = np.arange(len(order))
     return [{"index": i, "id": d.id, "order": int(rank[i]), "n_sentences": len(d.sentences), **d.meta}
             for i, d in enumerate(corpus.documents)]
-
-
-def _token_texts(tokenizer) -> list[str]:
-    """Decoded text of every token id (index = id), e.g. ' the' with its leading space."""
-    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
 
 
 def _progress(enabled: bool, max_tokens: int | None, initial: int):
