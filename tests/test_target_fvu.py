@@ -142,8 +142,8 @@ def test_synth_cli_family_writes_target_and_truth(tmp_path, capsys):
     assert "within_tolerance" in row and "true_bits_sample" in row
     assert "target 0.02" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["config"]["train"]["revive_every"] == 0  # synth: no revival (validated without it)
-    assert TrainConfig().revive_every == -1  # the commands on LLM states revive
+    assert manifest["config"]["train"]["revive_every"] == -1  # one mechanism: synth revives too
+    assert manifest["config"]["loss"]["controller_span"] == 0  # but its controller follows the whole run
     assert main(["synth", "--family", "superposed", "--bits", "4", "--dim", "8", "--out", str(tmp_path / "x")]) == 2
 
 

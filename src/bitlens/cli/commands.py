@@ -152,10 +152,10 @@ def _register_synth(p, defaults) -> None:
 
     add_config(p, SynthOutput, "synth_out", title="output")
     add_config(p, SynthConfig, "synth", title="synthetic data")
-    from ..training.config import SYNTH_REVIVE_EVERY, synth_loss
+    from ..training.config import synth_loss
 
     # --target-fvu here is the FVU allowed above each planted code's floor (SYNTH_TARGET_FVU)
-    _add_training_options(p, {**synth_loss().to_dict(), "revive_every": SYNTH_REVIVE_EVERY, **defaults})
+    _add_training_options(p, {**synth_loss().to_dict(), **defaults})
 
 
 def _run_synth(args, argv) -> int:

@@ -20,7 +20,7 @@ from ..data.sources import split_rows
 from ..data.synthetic import FAMILY_RATES, bernoulli_bits, planted_code
 from ..io import BitlensError, write_json, write_manifest
 from .plots import plot_synth
-from ..training.config import SYNTH_REVIVE_EVERY, LossConfig, TrainConfig, synth_loss
+from ..training.config import LossConfig, TrainConfig, synth_loss
 from ..training.run import encode_all, train_bae
 from ..analysis.entropy import estimate_entropy
 from ..analysis.readout import threshold_readout
@@ -68,7 +68,7 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
     weights).
     """
     out = Path(out)
-    bae, train, loss = bae or BAEConfig(), train or TrainConfig(revive_every=SYNTH_REVIVE_EVERY), loss or synth_loss()
+    bae, train, loss = bae or BAEConfig(), train or TrainConfig(), loss or synth_loss()
     seed = train.seed  # one seed drives the data (offset by r), the split and the training
     write_manifest(out, command="synth", config={"synth": synth.to_dict(), "bae": bae.to_dict(),
                                                  "train": train.to_dict(), "loss": loss.to_dict()},

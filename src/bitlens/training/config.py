@@ -142,13 +142,6 @@ def llm_loss(target_fvu: float = DEFAULT_TARGET_FVU) -> LossConfig:
     return LossConfig(target_fvu=target_fvu, entropy_weight=1.0, cov_weight=100.0)
 
 
-SYNTH_REVIVE_EVERY = 0
-"""`bitlens synth` trains without unit revival (``TrainConfig.revive_every``), unlike the commands on LLM states:
-make synth was validated without it (every r within 0.01 bit). A run with revival and the 1000-step controller
-lost a true bit at r = 4 and r = 10 (3.00 bits at FVU 0.25, 8.95 at 0.155), but the controller alone also lost one
-at r = 2, so which of the two did it was not separated (BENCHMARKS.md, issue 12)."""
-
-
 def synth_loss(target_fvu: float = SYNTH_TARGET_FVU) -> LossConfig:
     """The objective of `bitlens synth`: the same mechanism with the synthetic target (above the data set's floor),
     starting from the weights 10 / 1000 that the fixed-weight benchmark was calibrated with (BENCHMARKS.md)."""
@@ -189,7 +182,7 @@ class TrainConfig(Serializable):
     revive_every: int = -1
     """BAE only: every this many steps re-initialise the units that are dead or constant-on on a sample of training
     rows, towards rows with high reconstruction error (logged in revival.jsonl). -1 = every tenth of training
-    (the default on LLM states); 0 = never (`synth` and the paper preset). On the demo store's layer 15 (target 0.2, 8000 steps) it gave 377 bits
+    (default); 0 = never (the paper preset). On the demo store's layer 15 (target 0.2, 8000 steps) it gave 377 bits
     and 33% dead units against 495 bits and 63% dead without it, at the same FVU (BENCHMARKS.md, issue 12)."""
     revive_until: float = 0.5
     """Fraction of training after which no unit is revived (revived units need steps to settle, and the target's
