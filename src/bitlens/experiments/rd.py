@@ -55,7 +55,8 @@ class RDConfig(Serializable):
     eval_tokens: int = 20000
     """At most this many held-out tokens for the bits."""
     bootstrap: int = 200
-    """Bootstrap resamples of the held-out tokens for each run's interval on the bits (0 = none)."""
+    """Bootstrap resamples of the held-out tokens for each run's interval on the bits (0 = keep the 200-resample
+    interval every run carries)."""
 
     def __post_init__(self) -> None:
         if not self.targets or min(self.targets) <= 0 or max(self.targets) >= 1:
@@ -159,11 +160,12 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
             how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=seed,
                                target_fvu=target)
             result = fit_unit(folder, train, val, how, {"": eval_rows}, inputs=inputs)
-            if cfg.bootstrap and "entropy_bits_ci95" not in result:
+            if cfg.bootstrap and result.get("bootstrap_resamples") != cfg.bootstrap:  # another count, or an old run
                 from ..coders.registry import load
 
                 codes = encode_all(load(folder / "checkpoint"), eval_rows)
                 result["entropy_bits_ci95"] = list(bootstrap_bits(codes, cfg.bootstrap, seed))
+                result["bootstrap_resamples"] = cfg.bootstrap
                 write_json(folder / "result.json", result)
             runs.append(result)
             echo(f"target {target:.3f} seed {seed}: FVU {result['fvu']:.4f}, {result['entropy_bits']:.1f} bits, "

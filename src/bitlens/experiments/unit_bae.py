@@ -19,7 +19,7 @@ from ..data.sources import RowSource
 from ..io import write_json
 from ..training.config import DEFAULT_TARGET_FVU, TrainConfig, llm_loss
 from ..training.run import encode_all, resume_or_refuse, train_bae
-from ..analysis.entropy import bootstrap_bits, estimate_entropy
+from ..analysis.entropy import BOOTSTRAP_RESAMPLES, bootstrap_bits, estimate_entropy
 
 RESULT = "result.json"
 
@@ -41,7 +41,8 @@ def entropy_fields(codes: torch.Tensor) -> dict[str, Any]:
     """The entropy numbers every analysis reports for a set of codes [n, d'], with a 95% bootstrap interval over
     the rows."""
     est = estimate_entropy(codes)
-    return {"entropy_bits": est.marginal_bits, "entropy_bits_ci95": list(bootstrap_bits(codes)), "entropy_bits_corrected": est.marginal_bits_corrected,
+    return {"entropy_bits": est.marginal_bits, "entropy_bits_ci95": list(bootstrap_bits(codes)),
+            "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "entropy_bits_corrected": est.marginal_bits_corrected,
             "joint_bits_corrected": est.joint_bits_corrected, "joint_reliable": est.joint_reliable,
             "total_correlation_bits": est.total_correlation_bits, "n_entropy_rows": est.n_samples,
             "active_units": est.active_units}

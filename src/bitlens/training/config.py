@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Serializable
+from .dual import CONTROLLER_STEPS
 
 Preset = Literal["scale_free", "paper"]
 
@@ -58,7 +59,7 @@ class LossConfig(Serializable):
     fvu_horizon: int = -1
     """Target FVU: steps of the moving average of the training FVU that drives the multiplier; -1 = a thirtieth
     of min(training steps, 1000) (at least 10)."""
-    controller_span: int = 1000
+    controller_span: int = CONTROLLER_STEPS
     """Target FVU: the longest time scale of the controller, in steps: dual_lr and fvu_horizon of -1 follow
     min(training steps, this); 0 = the whole run. 1000 on LLM states (a longer one overshot and never came back);
     `synth` uses 0, because a noise-free planted code sits at FVU 0, below any target, so the weight rises for as

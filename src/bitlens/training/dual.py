@@ -89,7 +89,7 @@ def controller_for(loss: Any, total_steps: int) -> FVUController | None:
 
         raise BitlensError("a target FVU needs the scale_free preset (its reconstruction term is the FVU); "
                            "set --target-fvu 0 with --preset paper")
-    cap = getattr(loss, "controller_span", CONTROLLER_STEPS)
+    cap = loss.controller_span
     span = max(1, min(total_steps, cap) if cap > 0 else total_steps)
     dual_lr = 10 / span if loss.dual_lr == -1 else loss.dual_lr
     horizon = max(10, span // 30) if loss.fvu_horizon == -1 else loss.fvu_horizon

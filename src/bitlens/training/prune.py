@@ -79,8 +79,9 @@ class Pruning(NamedTuple):
     """The dropped units, in the order they were dropped."""
 
 
-def _fvu(model: torch.nn.Module, xn: torch.Tensor) -> float:
-    err = (xn - model.decoder((model.encoder(xn) > 0).float())).double().pow(2).sum()
+def _fvu(model: torch.nn.Module, xn: torch.Tensor, code: torch.Tensor) -> float:
+    """FVU of the rows xn [n, d] (normalised) decoded from their code [n, m]."""
+    err = (xn - model.decoder(code)).double().pow(2).sum()
     return float(err / (xn.double() - xn.double().mean(0)).pow(2).sum().clamp_min(1e-30))
 
 
@@ -96,11 +97,12 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
     xn_all = rows.to(dev, torch.float32) / model.input_scale
     if check_rows is not None and len(check_rows) >= 2:
         xn, xn_check = xn_all, check_rows.to(dev, torch.float32) / model.input_scale
-        n_check, floor = len(xn_check), -float("inf")
+        n_check, checked_on, floor = len(xn_check), "validation", -float("inf")
     else:
         n_check = int(len(xn_all) * check_fraction) if len(xn_all) >= 10 else 0
         xn, xn_check = xn_all[:len(xn_all) - n_check], xn_all[len(xn_all) - n_check:]
-        floor = 0.0
+        checked_on, floor = "training", 0.0
+    code_check = (model.encoder(xn_check) > 0).float()  # encoded once: the encoder does not change below
     code = (model.encoder(xn) > 0).float()  # [n, m]
     n = code.shape[0]
     x_mean = xn.double().mean(0)
@@ -129,7 +131,7 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
     fvu_refit = sse / tss
     gap = 0.0
     if n_check:
-        pred = ((model.encoder(xn_check) > 0)[:, active].double() - mu) @ beta + x_mean
+        pred = (code_check[:, active].double() - mu) @ beta + x_mean
         check = xn_check.double()
         fvu_check = float((check - pred).pow(2).sum() / (check - check.mean(0)).pow(2).sum().clamp_min(1e-30))
         gap = max(floor, fvu_check - fvu_refit)
@@ -153,7 +155,8 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
         pruned.append(int(active[keep[j]]))
         keep = [keep[i] for i in rest.tolist()]
         beta, ginv, h, mu = beta[rest], ginv[rest][:, rest], h[rest], mu[rest]
-    fvu_check_before = _fvu(model, xn_check) if n_check else float("nan")
+    # switched-off units get zero columns, so the codes encoded above give every FVU below
+    fvu_check_before = _fvu(model, xn_check, code_check) if n_check else float("nan")
     kept = active[torch.tensor(keep, dtype=torch.long, device=dev)] if keep else active[:0]
     trained = (model.decoder.weight.clone(), model.decoder.bias.clone())
     w_out, b_out = model.decoder.weight, model.decoder.bias  # [d, m], [d]
@@ -161,7 +164,7 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
     w_out[:, kept] = beta.t().to(w_out.dtype)
     b_out.copy_((x_mean - mu @ beta).to(b_out.dtype))
     w_out[:, const] = 0.0  # the refitted bias carries the constant-on units
-    fvu_check_after = _fvu(model, xn_check) if n_check else float("nan")
+    fvu_check_after = _fvu(model, xn_check, code_check) if n_check else float("nan")
     refit_kept = bool(pruned or not n_check or fvu_check_after < fvu_check_before)
     if not refit_kept:  # nothing to drop and the refit generalises worse than the trained decoder: undo it
         w_out.copy_(trained[0])  # (constant-on units stay on: their columns are constants of this decoder)
@@ -172,6 +175,6 @@ def prune_to_target(model: torch.nn.Module, rows: torch.Tensor, target_fvu: floa
         model.encoder.weight[off] = 0.0
         if model.encoder.bias is not None:
             model.encoder.bias[off] = -1.0
-    return Pruning(n, n_check, target_fvu, gap, "training" if floor == 0 else "validation", budget_fvu, fvu_before, fvu_refit, _fvu(model, xn),
-                   fvu_check_after, bits_before, float(bits[kept].sum()), fvu_check_before, refit_kept,
+    fvu_after = _fvu(model, xn, code) if refit_kept else fvu_before
+    return Pruning(n, n_check, target_fvu, gap, checked_on, budget_fvu, fvu_before, fvu_refit, fvu_after, fvu_check_after, bits_before, float(bits[kept].sum()), fvu_check_before, refit_kept,
                    int(active.numel()), pruned)

@@ -199,7 +199,7 @@ def _prune(trainer: Trainer, out_dir: Path):
         return None
     from .prune import prune_to_target
 
-    check = trainer.eval_rows() if getattr(loss, "prune_check", "training") == "validation" else None
+    check = trainer.eval_rows() if loss.prune_check == "validation" else None
     result = prune_to_target(trainer.model, trainer.train_rows.rows(loss.prune_rows), trainer.controller.target,
                              check_rows=check)
     trainer.save()
