@@ -18,7 +18,7 @@ from bitlens import known_entropy_data
 from bitlens.coders.bae import BAEConfig
 from bitlens.data.sources import TensorRows
 from bitlens.training.config import LossConfig, TrainConfig
-from bitlens.training.distributed import World, current_world, global_code_statistics
+from bitlens.training.distributed import World, current_world, global_code_statistics, leave_world
 from bitlens.training.fast_step import StepSpec, decoder_losses
 from bitlens.training.objective import bae_objective
 from bitlens.training.trainer import Trainer, init_bae
@@ -98,9 +98,10 @@ def resumed(world: World | None, run: Path, steps: int = 30) -> dict[str, torch.
 
 
 def join(rank: int, size: int, port: int, out: str) -> None:
-    """Entry point of one spawned process: join the gloo group through torchrun's variables, compute, save."""
+    """Entry point of one spawned process: join the gloo group through torchrun's variables (the store hosted by the
+    test process, as torchrun's agent hosts it), compute, save."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(size), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     world = current_world("cpu")
     results = {**first_step(world), **step_paths(world)}
@@ -113,5 +114,12 @@ def join(rank: int, size: int, port: int, out: str) -> None:
     same = all(torch.equal(v, world.sum(v) / size) for k, v in results.items() if k.startswith("w."))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in results.items()}, str(Path(out) / "results.safetensors"))
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"weights_identical": same}))
-    torch.distributed.destroy_process_group()
+    leave_world()
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"weights_identical": same,
+                                                             "gloo_threads_left": gloo_worker_threads()}))
+
+
+def gloo_worker_threads() -> int:
+    """Gloo's worker threads still running in this process (Linux names them pt_gloo_runloop)."""
+    tasks = Path("/proc/self/task")
+    return sum((t / "comm").read_text().strip() == "pt_gloo_runloop" for t in tasks.iterdir())

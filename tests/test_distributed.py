@@ -31,7 +31,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def two_ranks(tmp_path_factory):
     """Results of the 2-process run (fx.join), computed once for the module."""
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(fx.join, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    # the store lives in this process, as torchrun's agent hosts it (and port 0 lets the OS pick a free port)
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(fx.join, args=(2, store.port, str(out)), nprocs=2, join=True)
+    del store
     flags = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return load_file(str(out / "results.safetensors")), flags, out / "run"
 
@@ -175,3 +178,10 @@ def test_a_partial_torchrun_environment_is_one_line(monkeypatch):
         current_world("cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert current_world("cpu") is SINGLE
+
+
+def test_leaving_the_world_stops_gloo_threads(two_ranks):
+    """After training (whose Adam imports torch._dynamo), leave_world stops gloo's worker threads while the
+    interpreter is whole: one left running could release a tensor during shutdown and abort the process."""
+    _, flags, _ = two_ranks
+    assert [f["gloo_threads_left"] for f in flags] == [0, 0]

@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet or commands.launch_rank() > 0)  # under torchrun rank 0 speaks for all
     spec = commands.BY_NAME[args.command]
     try:
-        return spec.run(args, argv) or 0
+        code = spec.run(args, argv) or 0
+        from ..training.distributed import leave_world
+
+        leave_world()
+        return code
     except BitlensError as e:
         from ..redact import redact
 

@@ -208,9 +208,24 @@ def current_world(device: str = "cpu") -> World:
             raise BitlensError(f"local rank {local_rank} needs GPU {local_rank} but torch sees "
                                f"{torch.cuda.device_count()}: start at most that many processes per node")
         torch.cuda.set_device(local_rank)
+    # torch._dynamo (imported lazily, e.g. by torch.optim) keeps a reference to a process group that exists when it
+    # is imported; destroy_process_group then cannot join gloo's worker threads, and one of them releasing a tensor
+    # while the interpreter shuts down aborts the process ("terminate called without an active exception").
+    import torch._dynamo  # noqa: F401
+
     timeout = datetime.timedelta(seconds=float(os.environ.get("BITLENS_DIST_TIMEOUT", "1800")))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     return World(rank, size, local_rank)
+
+
+def leave_world() -> None:
+    """Tear down the default process group, if any, while the interpreter is still whole (joins gloo's threads).
+
+    Call once a distributed command has finished; every rank calls it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def global_code_statistics(codes: torch.Tensor, world: World) -> tuple[torch.Tensor, torch.Tensor]:
