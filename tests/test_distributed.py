@@ -180,6 +180,20 @@ def test_a_partial_torchrun_environment_is_one_line(monkeypatch):
     assert current_world("cpu") is SINGLE
 
 
+def test_a_gpu_launch_with_too_few_gpus_is_one_line(monkeypatch):
+    from bitlens.io import BitlensError
+    from bitlens.training.distributed import current_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(BitlensError, match="local rank 1 needs GPU 1 but torch sees 1"):
+        current_world("cuda")
+
+
 def test_leaving_the_world_stops_gloo_threads(two_ranks):
     """After training (whose Adam imports torch._dynamo), leave_world stops gloo's worker threads while the
     interpreter is whole: one left running could release a tensor during shutdown and abort the process."""

@@ -211,7 +211,7 @@ def current_world(device: str = "cpu") -> World:
     # torch._dynamo (imported lazily, e.g. by torch.optim) keeps a reference to a process group that exists when it
     # is imported; destroy_process_group then cannot join gloo's worker threads, and one of them releasing a tensor
     # while the interpreter shuts down aborts the process ("terminate called without an active exception").
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo as _dynamo  # noqa: F401  (as: a bare "import torch.x" would make torch local here)
 
     timeout = datetime.timedelta(seconds=float(os.environ.get("BITLENS_DIST_TIMEOUT", "1800")))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
