@@ -45,6 +45,53 @@ def test_controller_moves_the_weight_towards_the_target_and_round_trips():
     assert d == c and d.scale == pytest.approx(math.exp(-0.05))
 
 
+def test_calibration_re_anchors_the_running_fvu_on_held_out_rows():
+    c = FVUController(target=0.2, dual_lr=0.1, horizon=1, calibrate_every=5)
+    c.update(0.18, penalties_on=False)
+    assert not c.due(5)  # the multiplier has not started moving: nothing to calibrate
+    c.update(0.18, penalties_on=True)  # training FVU below the target: the weight rises
+    assert c.log_scale > 0 and c.due(5) and not c.due(6)
+    c.calibrate(0.26)  # the held-out rows are harder by 0.08
+    assert c.offset == pytest.approx(0.08)
+    before = c.log_scale
+    c.update(0.18, penalties_on=True)  # the same training FVU now reads as 0.26 > 0.2: the weight falls
+    assert c.log_scale < before
+    c.calibrate(float("nan"))  # an undefined measurement keeps the last gap
+    assert c.offset == pytest.approx(0.08)
+    d = FVUController(target=0.2, dual_lr=0.1, horizon=1, calibrate_every=5)
+    d.load(json.loads(json.dumps(c.state())))
+    assert d == c
+    old = {k: v for k, v in c.state().items() if k != "offset"}  # a checkpoint from before calibration
+    d.load(old)
+    assert d.offset == 0
+    assert controller_for(LossConfig(), 400).calibrate_every == 40
+    assert controller_for(LossConfig(), 8000).calibrate_every == CONTROLLER_STEPS // 10
+    assert controller_for(LossConfig(target_on="training"), 400).calibrate_every == 0
+
+
+def test_target_on_validation_holds_the_held_out_fvu_when_held_out_rows_are_harder(tmp_path):
+    """Held-out rows with extra noise sit above the training rows' FVU; only the calibrated controller brings the
+    held-out FVU (the one every run reports) to the target."""
+    x, _ = known_entropy_data(6144, 32, 5, seed=4, noise=0.05)
+    tr, va = split_rows(x, 0.25, 0)
+    noisy = va.rows(65536)
+    noisy = noisy + 0.3 * noisy.std() * torch.randn(noisy.shape, generator=torch.Generator().manual_seed(1))
+    from bitlens.data.sources import TensorRows
+
+    va = TensorRows(noisy)
+    cfg = TrainConfig(**{**CFG, "steps": 300, "batch_size": 128, "eval_every": 100})
+    fvu = {}
+    for on in ("training", "validation"):
+        _, stats = train_bae(tr, va, tmp_path / on, cfg=cfg, loss=LossConfig(target_fvu=0.3, prune=False,
+                                                                                target_on=on))
+        fvu[on] = stats["fvu"]
+    offsets = [r["train/fvu_offset"] for r in read_metrics(tmp_path / "validation") if "train/fvu_offset" in r]
+    assert offsets and offsets[-1] > 0.02  # the held-out rows are harder than the training rows
+    assert "train/fvu_offset" not in read_metrics(tmp_path / "training")[-1]
+    assert fvu["training"] - 0.3 > 0.02, fvu  # without calibration the held-out FVU ends above the target
+    assert abs(fvu["validation"] - 0.3) < abs(fvu["training"] - 0.3) - 0.01, fvu
+
+
 def test_controller_time_scale_follows_short_runs_and_stops_growing_at_1000_steps():
     # an 8000-step run with the time scale of its whole length overshot to FVU 0.27 and ended at 0.2235 (target 0.2)
     short, long = controller_for(LossConfig(), 400), controller_for(LossConfig(), 8 * CONTROLLER_STEPS)
@@ -98,6 +145,19 @@ def test_resume_is_exact_with_the_controller(tmp_path):
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "half")
+
+
+def test_a_checkpoint_from_before_calibration_resumes_as_it_was_trained(tmp_path):
+    tr, va = _fair()
+    loss = LossConfig(target_fvu=0.1, target_on="training")
+    model = init_bae(BAEConfig(d_in=32), tr.rows(65536), loss, 0)
+    Trainer(model, tr, va, TrainConfig(**CFG), loss, tmp_path / "old").fit(until=20)
+    state_file = tmp_path / "old" / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["loss_config"]["target_on"], state["dual"]["offset"]
+    state_file.write_text(json.dumps(state))
+    resumed = Trainer.resume(tmp_path / "old", tr, va)
+    assert resumed.loss_cfg.target_on == "training" and resumed.controller.calibrate_every == 0
 
 
 def test_paper_preset_trains_with_fixed_weights_and_the_old_start(tmp_path):

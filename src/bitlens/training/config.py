@@ -18,7 +18,7 @@ Two objective presets:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from ..config import Serializable
 from .dual import CONTROLLER_STEPS
@@ -46,7 +46,8 @@ class LossConfig(Serializable):
     """scale_free (normalised inputs, FVU-like recon, entropy per unit, covariance per pair) or paper (raw official)."""
     target_fvu: float = DEFAULT_TARGET_FVU
     """Target FVU F (scale_free only; --preset paper sets 0): minimise entropy + covariance subject to FVU <= F,
-    both weights scaled by a multiplier adapted by dual ascent on the running training FVU. 0 = fixed weights."""
+    both weights scaled by a multiplier adapted by dual ascent on the running training FVU (re-anchored on held-out
+    rows: target_on). 0 = fixed weights."""
     entropy_weight: float = 1.0
     """Weight of the entropy term (per unit of d' for scale_free; raw bits for paper); with a target FVU, the
     starting weight (the multiplier then adapts it)."""
@@ -64,6 +65,10 @@ class LossConfig(Serializable):
     min(training steps, this); 0 = the whole run. 1000 on LLM states (a longer one overshot and never came back);
     `synth` uses 0, because a noise-free planted code sits at FVU 0, below any target, so the weight rises for as
     long as training lasts, and rising fast it ends by destroying a true bit (r = 2: one bit lost at weight 18,767)."""
+    target_on: Literal["validation", "training"] = "validation"
+    """Target FVU: the rows whose FVU the target holds. validation = the held-out rows the run reports on: every
+    tenth of the controller's time scale the FVU of up to 8192 of them re-anchors the running training FVU that
+    drives the multiplier (training = that running FVU alone; held-out documents may then end 0.01-0.06 above)."""
     prune: bool = True
     """Target FVU: after training, refit the decoder by least squares on training rows and drop the units that the
     target does not need (greedy backward elimination while the rows' FVU stays <= F; training/prune.py), so the
@@ -91,6 +96,9 @@ class LossConfig(Serializable):
     compiling per process, cached on disk by torch; falls back to eager with a notice where compiling fails).
     Off by default: not measured faster on a 2-core AVX2 CPU, where GEMMs take ~90% of the step (BENCHMARKS.md)."""
 
+    #: values that reproduce a checkpoint saved before a field existed (it was trained without the option)
+    LEGACY: ClassVar[dict[str, Any]] = {"target_on": "training"}
+
     def __post_init__(self) -> None:
         if self.preset not in ("scale_free", "paper"):
             raise ValueError(f"unknown preset {self.preset!r}; choose scale_free or paper")
@@ -106,6 +114,8 @@ class LossConfig(Serializable):
             raise ValueError("dual_lr must be >= 0 and fvu_horizon >= 1 (or -1: set from the training length)")
         if self.controller_span < 0:
             raise ValueError("controller_span must be >= 0 (0 = the whole run)")
+        if self.target_on not in ("validation", "training"):
+            raise ValueError("target_on must be validation or training")
         if self.prune_check not in ("validation", "training"):
             raise ValueError("prune_check must be validation or training")
         if self.prune_rows < 2:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.statistics import coder_statistics
+from ..analysis.statistics import coder_statistics, evaluate_coder
 from ..coders.bae import BAEConfig, BinaryAutoencoder
 from ..coders.registry import build, load
 from ..data.sources import RowSource
@@ -31,7 +31,7 @@ from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .config import LossConfig, TrainConfig
 from .distributed import World, current_world
-from .dual import controller_for
+from .dual import CALIBRATION_ROWS, controller_for
 from .objectives import objective_for
 from .schedules import cosine_tail
 
@@ -168,6 +168,7 @@ class Trainer:
         self._revived = 0
         self._revive_rows: torch.Tensor | None = None
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._calibration_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -216,7 +217,7 @@ class Trainer:
         try:
             saved_cfg = TrainConfig.from_dict(state["train_config"])
             saved_cfg = TrainConfig.from_dict({**saved_cfg.to_dict(), **overrides})
-            loss_cfg = loss_cls.from_dict(state["loss_config"])
+            loss_cfg = loss_cls.from_dict({**getattr(loss_cls, "LEGACY", {}), **state["loss_config"]})
         except (ValueError, TypeError) as e:
             raise BitlensError(f"{state_file}: {str(e).splitlines()[0]}") from None
         world = world if world is not None else current_world(saved_cfg.device)
@@ -330,6 +331,7 @@ class Trainer:
                         self.controller.update(float(terms.recon.detach()), terms.entropy_weight > 0
                                                or terms.cov_weight > 0)
                     self.step += 1
+                    self._maybe_calibrate()
                     self._maybe_revive()
                     bar.update(1)
                     self._accumulate(terms)
@@ -374,6 +376,22 @@ class Trainer:
         if self.world.main:
             with open(self.out_dir / REVIVALS, "a") as f:
                 f.write(json.dumps(rev._asdict()) + "\n")
+
+    def _maybe_calibrate(self) -> None:
+        """The controller's held-out calibration (dual.py), when due: rank 0 measures, every rank applies."""
+        if self.controller is None or not self.controller.due(self.step) or self.val_rows is None:
+            return
+        heldout = float("nan")
+        if self.world.main:
+            if self._calibration_rows is None:  # a fixed sample, so a resumed run measures the same rows
+                n = min(CALIBRATION_ROWS, self.val_rows.n_rows)
+                targets = _targets(self.val_rows, n) if hasattr(self.val_rows, "target_rows") else None
+                self._calibration_rows = (self.val_rows.rows(n), targets)
+            was_training = self.model.training
+            self.model.eval()
+            heldout = evaluate_coder(self.model, *self._calibration_rows, cofiring=False).stats["fvu"]
+            self.model.train(was_training)
+        self.controller.calibrate(self.world.broadcast_float(heldout))
 
     def _step_loss(self) -> Any:
         """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
@@ -428,6 +446,8 @@ class Trainer:
             record["train/fvu_running"] = self.controller.fvu_running
             record["train/entropy_weight"] = self.loss_cfg.entropy_weight * self.controller.scale
             record["train/lambda"] = 1 / self.controller.scale
+            if self.controller.calibrate_every:
+                record["train/fvu_offset"] = self.controller.offset  # held-out minus running FVU
         record.update({f"val/{k}": v for k, v in self.evaluate().items()})
         with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # an undefined statistic is null
