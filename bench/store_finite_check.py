@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from bitlens.data.store import ActivationStore, _all_finite, _layer_file
+from bitlens.data.store import ActivationStore
+from bitlens.data.store_format import _all_finite, _layer_file
 
 
 def main() -> None:

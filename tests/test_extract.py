@@ -131,7 +131,7 @@ def test_max_tokens_settings_and_rerun(lm, corpus, tmp_path):
 _KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path[:0] = [{src!r}, {tests!r}]
-    from bitlens.data import store as store_mod
+    from bitlens.data import store_writer as store_mod
     from bitlens.data.corpora import load_corpus
     from bitlens.data.extract import extract_to_store
     from bitlens.data.models import load_model

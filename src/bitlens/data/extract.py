@@ -28,7 +28,8 @@ from ..config import Serializable
 from ..io import BitlensError, check_out_dir
 from .corpora import Corpus, Document, load_corpus
 from .models import LoadedModel, load_model
-from .store import META_COLUMNS, Key, StoreWriter, parse_site
+from .store_format import META_COLUMNS, Key, parse_site
+from .store_writer import StoreWriter
 from .token_texts import token_texts
 
 log = logging.getLogger(__name__)

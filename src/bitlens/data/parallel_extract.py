@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io import BitlensError, check_out_dir
-from .store import ActivationStore, StoreWriter, _read_manifest
+from .store import ActivationStore
+from .store_format import _read_manifest
+from .store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
 PARTS = "parts"

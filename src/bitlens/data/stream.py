@@ -33,7 +33,7 @@ from ..io import BitlensError
 from .corpora import Corpus
 from .extract import capture_layers, check_layers, iter_sequences, keep_mask_and_meta, pad_batch
 from .models import LoadedModel
-from .store import OUTLIER_FACTOR
+from .store_format import OUTLIER_FACTOR
 
 log = logging.getLogger(__name__)
 

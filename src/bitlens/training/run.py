@@ -104,9 +104,9 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
     fingerprint the run has not seen is refused unless ``allow_new_data``; the manifest's ``inputs_seen`` lists
     every input with the step from which it was used.
     """
+    from .coder_init import init_coder
     from .distributed import current_world
     from .objectives import default_coder_config, objective_for
-    from .trainer import init_coder
 
     out_dir = check_out_dir(out_dir)
     spec = objective_for(architecture)
