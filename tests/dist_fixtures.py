@@ -97,6 +97,16 @@ def resumed(world: World | None, run: Path, steps: int = 30) -> dict[str, torch.
     return {f"w.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def calibrated(world: World, out_dir: Path) -> float:
+    """The controller's held-out offset after 10 steps with validation rows on rank 0 only (as when training from a
+    model): rank 0 measures, every rank must apply the same offset (and none may wait for a collective alone)."""
+    val = TensorRows(data()[:256] * 1.1) if world.main else None
+    cfg = TrainConfig(**{**TRAIN, "steps": 10, "eval_every": 10})
+    trainer = Trainer(model(), TensorRows(data()), val, cfg, LOSS, out_dir, world=world)
+    trainer.fit()
+    return trainer.controller.offset
+
+
 def join(rank: int, size: int, port: int, out: str) -> None:
     """Entry point of one spawned process: join the gloo group through torchrun's variables (the store hosted by the
     test process, as torchrun's agent hosts it), compute, save."""
@@ -107,6 +117,7 @@ def join(rank: int, size: int, port: int, out: str) -> None:
     results = {**first_step(world), **step_paths(world)}
     results.update(twenty_steps(world, Path(out) / "run"))
     results.update({"resumed." + k: v for k, v in resumed(world, Path(out) / "run").items()})
+    offset = calibrated(world, Path(out) / "calibrated")
     # the global entropy/covariance of codes that differ by rank (each rank passes only its own rows)
     entropy, cov = global_code_statistics(codes(0.2, 11 + rank), world)
     results["global.stats"] = torch.stack([entropy, cov])
@@ -115,7 +126,7 @@ def join(rank: int, size: int, port: int, out: str) -> None:
     if rank == 0:
         save_file({k: v.contiguous() for k, v in results.items()}, str(Path(out) / "results.safetensors"))
     leave_world()
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"weights_identical": same,
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"weights_identical": same, "offset": offset,
                                                              "gloo_threads_left": gloo_worker_threads()}))
 
 

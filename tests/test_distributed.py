@@ -199,3 +199,9 @@ def test_leaving_the_world_stops_gloo_threads(two_ranks):
     interpreter is whole: one left running could release a tensor during shutdown and abort the process."""
     _, flags, _ = two_ranks
     assert [f["gloo_threads_left"] for f in flags] == [0, 0]
+
+
+def test_rank_0_alone_with_validation_rows_calibrates_every_rank(two_ranks):
+    _, flags, _ = two_ranks
+    offsets = [f["offset"] for f in flags]
+    assert offsets[0] == offsets[1] != 0

@@ -123,6 +123,10 @@ class Trainer:
             self._stream_states = self.world.gather_floats(train.stream_state())
         self._running: dict[str, float] = {}
         self.controller = controller_for(loss, self.total_steps)
+        # only rank 0 may hold validation rows (training from a model): it decides for every rank whether to calibrate
+        has_val = float(val is not None and val.n_rows > 0)
+        self._calibrates = bool(self.controller is not None and self.controller.calibrate_every
+                                and self.world.broadcast_float(has_val))
         self._revived = 0
         self._revive_rows: torch.Tensor | None = None
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -337,7 +341,7 @@ class Trainer:
 
     def _maybe_calibrate(self) -> None:
         """The controller's held-out calibration (dual.py), when due: rank 0 measures, every rank applies."""
-        if self.controller is None or not self.controller.due(self.step) or self.val_rows is None:
+        if not self._calibrates or not self.controller.due(self.step):
             return
         heldout = float("nan")
         if self.world.main:
