@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.statistics import coder_statistics, evaluate_coder
+from ..analysis.statistics import evaluate_coder
 from ..coders.registry import load
 from ..data.sources import RowSource
 from ..devices import resolve_device
@@ -346,13 +346,8 @@ class Trainer:
         heldout = float("nan")
         if self.world.main:
             if self._calibration_rows is None:  # a fixed sample, so a resumed run measures the same rows
-                n = min(CALIBRATION_ROWS, self.val_rows.n_rows)
-                targets = _targets(self.val_rows, n) if hasattr(self.val_rows, "target_rows") else None
-                self._calibration_rows = (self.val_rows.rows(n), targets)
-            was_training = self.model.training
-            self.model.eval()
-            heldout = evaluate_coder(self.model, *self._calibration_rows, cofiring=False).stats["fvu"]
-            self.model.train(was_training)
+                self._calibration_rows = self._validation_sample(CALIBRATION_ROWS)
+            heldout = self._statistics(*self._calibration_rows, cofiring=False)["fvu"]
         self.controller.calibrate(self.world.broadcast_float(heldout))
 
     def _step_loss(self) -> Any:
@@ -381,19 +376,27 @@ class Trainer:
         if self.val_rows is None or self.val_rows.n_rows == 0:
             return None
         if self._val_cache is None:
-            targets = _targets(self.val_rows, self.cfg.eval_tokens) if hasattr(self.val_rows, "target_rows") else None
-            self._val_cache = (self.val_rows.rows(self.cfg.eval_tokens), targets)
+            self._val_cache = self._validation_sample(self.cfg.eval_tokens)
         return self._val_cache[0]
+
+    def _validation_sample(self, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """At most ``limit`` validation rows and, for a paired (transcoder) source, their targets."""
+        targets = _targets(self.val_rows, limit) if hasattr(self.val_rows, "target_rows") else None
+        return self.val_rows.rows(limit), targets
+
+    def _statistics(self, rows: torch.Tensor, targets: torch.Tensor | None, cofiring: bool = True) -> dict[str, float]:
+        """``evaluate_coder``'s statistics of the current coder in eval mode (training mode restored)."""
+        was_training = self.model.training
+        self.model.eval()
+        stats = evaluate_coder(self.model, rows, targets, cofiring=cofiring).stats
+        self.model.train(was_training)
+        return stats
 
     def evaluate(self) -> dict[str, float]:
         """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
         if self.eval_rows() is None:
             return {}
-        was_training = self.model.training
-        self.model.eval()
-        stats = coder_statistics(self.model, *self._val_cache)
-        self.model.train(was_training)
-        return stats
+        return self._statistics(*self._val_cache)
 
     def log(self) -> dict[str, float]:
         r, self._running = self._running, {}
