@@ -22,7 +22,6 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.statistics import evaluate_coder
 from ..coders.registry import load
 from ..data.sources import RowSource
 from ..devices import resolve_device
@@ -31,9 +30,10 @@ from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .coder_init import data_variance, init_bae, init_coder  # noqa: F401  (init_*: re-exported)
 from .config import TrainConfig
 from .distributed import World, current_world
-from .dual import CALIBRATION_ROWS, controller_for
+from .dual import controller_for
 from .objectives import objective_for
 from .schedules import cosine_tail
+from .validation import Validation, _targets
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -56,11 +56,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _targets(source: RowSource, limit: int) -> torch.Tensor:
-    """Target rows of a source: its rows, or the aligned targets of a paired (transcoder) source."""
-    return source.target_rows(limit) if hasattr(source, "target_rows") else source.rows(limit)
-
-
 def _to(batch, device: torch.device):
     """The batch on ``device``; to a GPU from pinned memory, so the copy is asynchronous."""
     if isinstance(batch, (tuple, list)):
@@ -78,7 +73,7 @@ def _rows_in(batch) -> int:
     return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
 
 
-class Trainer:
+class Trainer(Validation):
     """Trains one coder; under torchrun (``world``, default: ``distributed.current_world``) every rank trains on
     its share of each global batch with exact global-batch statistics (see ``distributed.py``), and rank 0 alone
     evaluates, logs and writes checkpoints.
@@ -339,17 +334,6 @@ class Trainer:
             with open(self.out_dir / REVIVALS, "a") as f:
                 f.write(json.dumps(rev._asdict()) + "\n")
 
-    def _maybe_calibrate(self) -> None:
-        """The controller's held-out calibration (dual.py), when due: rank 0 measures, every rank applies."""
-        if not self._calibrates or not self.controller.due(self.step):
-            return
-        heldout = float("nan")
-        if self.world.main:
-            if self._calibration_rows is None:  # a fixed sample, so a resumed run measures the same rows
-                self._calibration_rows = self._validation_sample(CALIBRATION_ROWS)
-            heldout = self._statistics(*self._calibration_rows, cofiring=False)["fvu"]
-        self.controller.calibrate(self.world.broadcast_float(heldout))
-
     def _step_loss(self) -> Any:
         """The loss config of this step: the configured one, or with a target FVU its weights times the multiplier."""
         if self.controller is None:
@@ -370,33 +354,6 @@ class Trainer:
             named = dict(zip(named, mean))
         for name, value in named.items():
             r[name] = r.get(name, 0.0) + float(value)
-
-    def eval_rows(self) -> torch.Tensor | None:
-        """The (at most eval_tokens) validation rows every evaluation uses, read once; None without validation."""
-        if self.val_rows is None or self.val_rows.n_rows == 0:
-            return None
-        if self._val_cache is None:
-            self._val_cache = self._validation_sample(self.cfg.eval_tokens)
-        return self._val_cache[0]
-
-    def _validation_sample(self, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """At most ``limit`` validation rows and, for a paired (transcoder) source, their targets."""
-        targets = _targets(self.val_rows, limit) if hasattr(self.val_rows, "target_rows") else None
-        return self.val_rows.rows(limit), targets
-
-    def _statistics(self, rows: torch.Tensor, targets: torch.Tensor | None, cofiring: bool = True) -> dict[str, float]:
-        """``evaluate_coder``'s statistics of the current coder in eval mode (training mode restored)."""
-        was_training = self.model.training
-        self.model.eval()
-        stats = evaluate_coder(self.model, rows, targets, cofiring=cofiring).stats
-        self.model.train(was_training)
-        return stats
-
-    def evaluate(self) -> dict[str, float]:
-        """Statistics of the current coder on (at most eval_tokens of) the validation rows."""
-        if self.eval_rows() is None:
-            return {}
-        return self._statistics(*self._val_cache)
 
     def log(self) -> dict[str, float]:
         r, self._running = self._running, {}
