@@ -8,7 +8,8 @@ FVU below it cannot be met by any BAE that uses the true code. This module measu
 * one logistic regression per planted bit on x (full batch, Adam), thresholded at 0: the linear-threshold code
   closest to the truth;
 * the decoder that is best for that code: least squares of x on [bits, 1];
-* its FVU, its bit error rate and the entropy of the code it reads (sum of marginal H_b).
+* its FVU, its bit error rate and the entropy of the code it reads (sum of marginal H_b), on held-out rows when
+  given (``bitlens synth`` does: its BAEs are measured there too).
 
 This is an upper bound on the architecture's floor for codes of the true entropy (an unsupervised BAE may trade
 bits differently), and the reference ``bitlens synth`` adds its target to on such families.
@@ -41,10 +42,13 @@ class Readout(NamedTuple):
 
 
 def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr: float = 0.05,
-                      seed: int = 0) -> Readout:
+                      seed: int = 0, held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Readout:
     """The best linear-threshold readout of planted bits (see the module docstring).
 
-    Args: x [n, d] states; codes [n, r] planted 0/1 bits; steps, lr: the logistic fit (full batch, Adam).
+    Args: x [n, d] states; codes [n, r] planted 0/1 bits; steps, lr: the logistic fit (full batch, Adam);
+    held_out: (x, codes) of other rows on which ``fvu``, ``bit_error`` and ``bits`` are then measured (the readout
+    and its decoder are fitted on x only), so the floor is stated where a BAE's FVU is measured: rare features'
+    thresholds fitted on few firings read the fitted rows better than new ones.
     """
     torch.manual_seed(seed)
     x, codes = x.float(), codes.float()
@@ -58,13 +62,19 @@ def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr
         torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, codes).backward()
         opt.step()
     with torch.no_grad():
-        read = ((xs @ w + b) > 0).float()
-        design = torch.cat([read, torch.ones(read.shape[0], 1)], 1).double()
-        solution = torch.linalg.lstsq(design, x.double()).solution  # [r + 1, d]
-        err = (design @ solution - x.double()).pow(2).sum()
-        var = (x.double() - x.double().mean(0)).pow(2).sum().clamp_min(1e-30)
         weight = (w / std[:, None]).t().contiguous()  # undo the standardisation: logits = weight . x + bias
         bias = b - (mean / std) @ w
-        return Readout(float(err / var), float((read != codes).float().mean()),
+
+        def design(rows: torch.Tensor) -> torch.Tensor:
+            read = ((rows.float() @ weight.t() + bias) > 0).double()
+            return torch.cat([read, torch.ones(read.shape[0], 1, dtype=torch.float64)], 1)
+
+        solution = torch.linalg.lstsq(design(x), x.double()).solution  # [r + 1, d]
+        ex, ecodes = (x, codes) if held_out is None else (held_out[0].float(), held_out[1].float())
+        read = design(ex)
+        err = (read @ solution - ex.double()).pow(2).sum()
+        var = (ex.double() - ex.double().mean(0)).pow(2).sum().clamp_min(1e-30)
+        read = read[:, :-1].float()
+        return Readout(float(err / var), float((read != ecodes).float().mean()),
                        float(bernoulli_entropy_bits(read.mean(0)).sum()), weight, bias.detach().clone(),
                        solution[:-1].t().float().contiguous(), solution[-1].float())

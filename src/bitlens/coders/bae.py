@@ -34,26 +34,43 @@ class BAEConfig(Serializable):
     """Backward of the step: identity (straight-through), sigmoid, paper (x(1-x)), official (g(1-g))."""
     tau: float = 0.3
     """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation (inputs scaled to E||x||^2 = d)."""
-    init: Literal["sparse", "torch"] = "sparse"
-    """Starting point: sparse (unit-norm encoder rows tied to the decoder directions, each unit's bias at the
-    (1 - init_rate) quantile of its pre-activation, so about init_rate of the units fire at step 0) or torch
+    init: Literal["auto", "sparse", "topk", "torch"] = "auto"
+    """Starting point: auto (``AUTO_INIT``, except that ``bitlens synth`` takes topk for its superposed family and
+    sparse for its dense planted codes, on which TopK latents split fair bits); sparse (unit-norm encoder rows tied to the decoder directions, each unit's bias at the
+    (1 - init_rate) quantile of its pre-activation, so about init_rate of the units fire at step 0); topk (the
+    sparse start, then every unit that a TopK SAE fitted to the start sample uses is aimed at that SAE latent:
+    its direction, a threshold at half its typical activation, a decoder column of that length); or torch
     (PyTorch's default uniform init of both layers, zero-mean biases: the start before issue 12, for ablations)."""
     init_rate: float = 0.03
-    """With init sparse: fraction of the training rows on which each unit fires at step 0."""
+    """With init sparse: fraction of the training rows on which each unit fires at step 0; with init topk also
+    the SAE's k = init_rate * d' active latents per row."""
+    init_steps: int = 1000
+    """With init topk: Adam steps (batch 512) of the TopK SAE fitted to the start sample."""
 
     def __post_init__(self) -> None:
         if self.d_in < 0 or self.expansion < 1 or self.d_code < 0:
             raise ValueError("d_in, d_code must be >= 0 and expansion >= 1")
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.init not in ("sparse", "torch"):
-            raise ValueError(f"unknown init {self.init!r}; choose sparse or torch")
+        if self.init not in ("auto", "sparse", "topk", "torch"):
+            raise ValueError(f"unknown init {self.init!r}; choose auto, sparse, topk or torch")
+        if self.init_steps < 1:
+            raise ValueError(f"init_steps must be >= 1, got {self.init_steps}")
         if not 0 < self.init_rate < 1:
             raise ValueError(f"init_rate must be in (0, 1), got {self.init_rate}")
 
     @property
     def width(self) -> int:
         return self.d_code or self.expansion * self.d_in
+
+    @property
+    def start(self) -> str:
+        """The starting point ``init`` names (auto resolved)."""
+        return AUTO_INIT if self.init == "auto" else self.init
+
+
+AUTO_INIT = "sparse"
+"""The start that ``init = auto`` means outside ``bitlens synth``."""
 
 
 BAEOutput = CoderOutput  # the BAE's forward output: reconstruction, code, pre_activation

@@ -59,6 +59,12 @@ class MultiBitConfig(BAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         LevelConfig(self.bits_per_unit, self.level_range)  # same checks
+        if self.init == "topk":
+            raise ValueError("init topk cuts one-bit units; a multi-bit autoencoder starts sparse or torch")
+
+    @property
+    def start(self) -> str:
+        return "sparse" if self.init == "auto" else self.init
 
     @classmethod
     def from_bae(cls, bae: BAEConfig, levels: LevelConfig) -> "MultiBitConfig":
