@@ -86,3 +86,9 @@ def test_topk_start_is_seeded_and_an_option_of_the_cli(tmp_path):
     with pytest.raises(ValueError, match="multi-bit"):
         MultiBitConfig(d_in=8, init="topk")
     assert MultiBitConfig(d_in=8).start == "sparse"
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", code.x.numpy())
+    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--bits-per-unit", "2", "--init", "topk",
+                 "--steps", "3", "--out", str(tmp_path / "mb")]) == 2
+    assert not (tmp_path / "mb").exists()

@@ -106,6 +106,8 @@ def _run_train(args, argv) -> int:
 
     levels = read_config(args, LevelConfig, "levels")
     if levels.bits_per_unit > 1:
+        if bae.init == "topk":
+            raise BitlensError("--init topk cuts one-bit units; with --bits-per-unit > 1 use --init sparse or torch")
         bae = MultiBitConfig.from_bae(bae, levels)
     typed = typed_options(argv)
     overrides = {name: getattr(train, name) for name in typed & Trainer.RESUMABLE_OVERRIDES}

@@ -35,12 +35,12 @@ class BAEConfig(Serializable):
     tau: float = 0.3
     """Bandwidth of the sigmoid surrogate, in units of the normalised pre-activation (inputs scaled to E||x||^2 = d)."""
     init: Literal["auto", "sparse", "topk", "torch"] = "auto"
-    """Starting point: auto (``AUTO_INIT``, except that ``bitlens synth`` takes topk for its superposed family and
-    sparse for its dense planted codes, on which TopK latents split fair bits); sparse (unit-norm encoder rows tied to the decoder directions, each unit's bias at the
-    (1 - init_rate) quantile of its pre-activation, so about init_rate of the units fire at step 0); topk (the
-    sparse start, then every unit that a TopK SAE fitted to the start sample uses is aimed at that SAE latent:
-    its direction, a threshold at half its typical activation, a decoder column of that length); or torch
-    (PyTorch's default uniform init of both layers, zero-mean biases: the start before issue 12, for ablations)."""
+    """Starting point: auto (sparse, except that ``bitlens synth`` takes topk for its superposed family and sparse
+    for its dense planted codes, on which TopK latents split fair bits); sparse (unit-norm encoder rows tied to the
+    decoder directions, each unit's bias at the (1 - init_rate) quantile of its pre-activation, so about init_rate
+    of the units fire at step 0); topk (the sparse start, then every latent that a TopK SAE fitted to the start
+    sample uses becomes a unit: its directions, cut where one bit codes its activation best); or torch (PyTorch's
+    default uniform init of both layers, zero-mean biases: the start before issue 12, for ablations)."""
     init_rate: float = 0.03
     """With init sparse: fraction of the training rows on which each unit fires at step 0; with init topk also
     the SAE's k = init_rate * d' active latents per row."""
