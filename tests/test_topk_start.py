@@ -80,9 +80,17 @@ def test_topk_start_is_seeded_and_an_option_of_the_cli(tmp_path):
     assert main(["synth", "--bits", "2", "--dim", "6", "--rows", "512", "--steps", "10", "--out", str(tmp_path / "f")]) == 0
     # init auto: synth starts its superposed family at topk, its dense planted codes at sparse; the files say so
     for run, start in (("s", "topk"), ("f", "sparse")):
-        assert json.loads((tmp_path / run / "manifest.json").read_text())["config"]["bae"]["init"] == start
+        config = json.loads((tmp_path / run / "manifest.json").read_text())["config"]
+        assert config["bae"]["init"] == start
+        # ... and the superposed family's own target (SUPERPOSED_LOSS), held on the held-out rows
+        assert (config["loss"]["target_fvu"], config["loss"]["target_on"]) == (
+            (0.01, "validation") if run == "s" else (0.02, "training"))
         folder = tmp_path / run / ("r12" if run == "s" else "r2")
         assert json.loads((folder / "checkpoint" / "cfg.json").read_text())["config"]["init"] == start
+    assert main(["synth", "--family", "superposed", "--bits", "12", "--dim", "6", "--rows", "1024", "--steps", "5",
+                 "--init-steps", "5", "--target-on", "training", "--out", str(tmp_path / "t")]) == 0
+    loss = json.loads((tmp_path / "t" / "manifest.json").read_text())["config"]["loss"]
+    assert (loss["target_fvu"], loss["target_on"]) == (0.01, "training")  # a typed option wins
     with pytest.raises(ValueError, match="multi-bit"):
         MultiBitConfig(d_in=8, init="topk")
     assert MultiBitConfig(d_in=8).start == "sparse"

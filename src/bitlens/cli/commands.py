@@ -167,6 +167,12 @@ def _run_synth(args, argv) -> int:
     bae, train, loss = _training_configs(args)
     synth = read_config(args, SynthConfig, "synth")
     synth.bit_list()  # validate before any work
+    if synth.family == "superposed" and loss.preset == "scale_free":  # its own defaults, for options not typed
+        from dataclasses import replace
+
+        from ..training.config import SUPERPOSED_LOSS
+
+        loss = replace(loss, **{k: v for k, v in SUPERPOSED_LOSS.items() if k not in typed_options(argv)})
     summary = run_synth(synth, out, bae, train, loss)
     print(f"family {synth.family}: max |estimated - true| = {summary['max_abs_error_bits']:.2f} bits, "
           f"max relative error {summary['max_rel_error']:.1%}, max FVU = {summary['max_fvu']:.4f} "

@@ -35,7 +35,8 @@ class SynthConfig(Serializable):
 
     family: Literal["fair", "nonuniform", "superposed", "noisy"] = "fair"
     """Planted code: fair (r fair bits), nonuniform (rates 5-50%), superposed (r > d rare features, rates
-    0.5-5%), noisy (fair bits + Gaussian noise of std 0.05 unless --noise is given)."""
+    0.5-5%; its own defaults: 131,072 rows, init topk, target FVU 0.01 above the floor held on the held-out rows),
+    noisy (fair bits + Gaussian noise of std 0.05 unless --noise is given)."""
     bits: list[int] = field(default_factory=list)
     """Numbers of planted bits r (one BAE each); none = the family's default (fair and noisy 2,4,6,8,10,12;
     nonuniform 8,16,32; superposed 2 * dim)."""
@@ -74,7 +75,7 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
     weights).
     """
     out = Path(out)
-    bae, train, loss = bae or BAEConfig(), train or TrainConfig(), loss or synth_loss()
+    bae, train, loss = bae or BAEConfig(), train or TrainConfig(), loss or synth_loss(family=synth.family)
     if bae.init == "auto":  # measured: topk finds superposed rare features, but splits dense fair bits into halves
         bae = replace(bae, init="topk" if synth.family == "superposed" else "sparse")
     seed = train.seed  # one seed drives the data (offset by r), the split and the training
