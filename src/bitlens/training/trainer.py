@@ -33,7 +33,7 @@ from .distributed import World, current_world
 from .dual import controller_for
 from .objectives import objective_for
 from .schedules import cosine_tail
-from .validation import Validation, _targets
+from .validation import Validation
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -54,6 +54,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _targets(source: RowSource, limit: int) -> torch.Tensor:
+    """Target rows of a source: its rows, or the aligned targets of a paired (transcoder) source."""
+    return source.target_rows(limit) if hasattr(source, "target_rows") else source.rows(limit)
 
 
 def _to(batch, device: torch.device):

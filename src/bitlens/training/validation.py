@@ -7,13 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..analysis.statistics import evaluate_coder
-from ..data.sources import RowSource
 from .dual import CALIBRATION_ROWS
-
-
-def _targets(source: RowSource, limit: int) -> torch.Tensor:
-    """Target rows of a source: its rows, or the aligned targets of a paired (transcoder) source."""
-    return source.target_rows(limit) if hasattr(source, "target_rows") else source.rows(limit)
 
 
 class Validation:
@@ -41,7 +35,7 @@ class Validation:
 
     def _validation_sample(self, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """At most ``limit`` validation rows and, for a paired (transcoder) source, their targets."""
-        targets = _targets(self.val_rows, limit) if hasattr(self.val_rows, "target_rows") else None
+        targets = self.val_rows.target_rows(limit) if hasattr(self.val_rows, "target_rows") else None
         return self.val_rows.rows(limit), targets
 
     def _statistics(self, rows: torch.Tensor, targets: torch.Tensor | None, cofiring: bool = True) -> dict[str, float]:
