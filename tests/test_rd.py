@@ -56,6 +56,9 @@ def test_rd_cli_writes_the_curve(tmp_path, capsys):
             assert p[key] is not None, key
         assert len(p["runs"]) == 2 and all(len(r["entropy_bits_ci95"]) == 2 for r in p["runs"])
         assert p["ratio_to_gaussian"] == pytest.approx(p["entropy_bits"] / p["gaussian_bits"])
+        assert p["target_reached"] == (p["max_abs_fvu_error"] <= 0.01 or all(r["fvu"] < p["target_fvu"]
+                                                                              for r in p["runs"]))
+        assert p["code_full"] == (p["entropy_bits"] >= 0.95 * rd["d_prime"])
     assert "knee_bits" in rd and len(rd["gaussian_rd"]["fvu"]) == len(rd["gaussian_rd"]["bits"])
     assert (out / "rd.png").stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out

@@ -25,7 +25,12 @@ from .unit_bae import UnitTraining, fit_unit
 from ..analysis.entropy import bootstrap_bits
 from ..config import Serializable
 from ..io import BitlensError, atomic_path, write_json, write_manifest
-from ..training.config import llm_loss
+from ..training.config import TARGET_TOLERANCE, llm_loss
+
+FULL_CODE = 0.95
+"""A point whose bits reach this fraction of d' has a full code: nearly every unit is a fair coin, so a target it
+misses is out of reach of this width (a wider code, ``--expansion``, or longer training may reach it), not a
+property of the states."""
 
 
 @dataclass
@@ -173,6 +178,12 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
         fvus = np.array([r["fvu"] for r in runs])
         bits = np.array([r["entropy_bits"] for r in runs])
         g = gaussian_rate(eigenvalues, float(fvus.mean()))
+        reached = bool(np.abs(fvus - target).max() <= TARGET_TOLERANCE or fvus.max() < target)
+        full = bool(bits.mean() >= FULL_CODE * cfg.expansion * eval_rows.shape[1])
+        if not reached:
+            echo(f"target {target:.3f} not reached: held-out FVU {fvus.mean():.4f} (tolerance ±{TARGET_TOLERANCE})"
+                 + (f" with {bits.mean():.0f} bits of a possible {cfg.expansion * eval_rows.shape[1]}: the code is "
+                    "full, a lower FVU needs a wider code (--expansion) or longer training (--steps)" if full else ""))
         points.append({
             "target_fvu": target, "fvu": float(fvus.mean()),
             "fvu_std": float(fvus.std(ddof=1)) if len(runs) > 1 else 0.0,
@@ -183,6 +194,7 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
             "l0": float(np.mean([r["l0"] for r in runs])),
             "gaussian_bits": g, "ratio_to_gaussian": float(bits.mean()) / g if g > 0 else None,
             "max_abs_fvu_error": float(np.abs(fvus - target).max()),
+            "target_reached": reached, "code_full": full,
             "runs": [{"seed": s, "fvu": r["fvu"], "entropy_bits": r["entropy_bits"],
                       "entropy_bits_ci95": r.get("entropy_bits_ci95"), "dead": r["dead"],
                       "constant_on": r["constant_on"]} for s, r in enumerate(runs)]})
@@ -216,6 +228,11 @@ def plot_rd(summary: dict[str, Any], path: str | Path) -> None:
             label="Gaussian R(D), same covariance")
     for p in pts:
         ax.axvline(p["target_fvu"], color="0.85", lw=0.8, zorder=0)
+    missed = [p for p in pts if not p.get("target_reached", True)]
+    if missed:  # a missed target is a point of the curve, but not a measurement at its stated FVU
+        ax.plot([p["fvu"] for p in missed], [p["entropy_bits"] for p in missed], "o", ms=12, mfc="none",
+                color="tab:red", label="target not reached" + (" (code full)" if any(p["code_full"] for p in missed)
+                                                              else ""))
     if summary["knee_bits"] is not None:
         ax.plot([summary["knee_fvu"]], [summary["knee_bits"]], "r*", ms=14,
                 label=f"knee: {summary['knee_bits']:.1f} bits")
