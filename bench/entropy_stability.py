@@ -33,15 +33,20 @@ from bitlens.training.run import encode_all
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", default="runs/demo/activations")
-    p.add_argument("--layer", type=int, default=15)
-    p.add_argument("--target-fvu", type=float, default=DEFAULT_TARGET_FVU)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--eval-tokens", type=int, default=20000)
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--out", default="runs/bench/stability")
-    p.add_argument("--json", default="runs/bench/stability.json")
+    p.add_argument("--store", default="runs/demo/activations", help="activation store to train on (default: the demo's)")
+    p.add_argument("--layer", type=int, default=15, help="stored layer to train on")
+    p.add_argument("--target-fvu", type=float, default=DEFAULT_TARGET_FVU,
+                   help="target FVU of every run (default: the library's default target, %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps of the seed and width runs; steps2x "
+                   "trains twice as many (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds at d' = 4d for seed_cv (default %(default)s)")
+    p.add_argument("--eval-tokens", type=int, default=20000, help="held-out tokens the bits are measured on "
+                   "(default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the held-out tokens for each "
+                   "95%% interval (default %(default)s)")
+    p.add_argument("--out", default="runs/bench/stability", help="folder of the runs; finished runs there are read "
+                   "back, not trained again")
+    p.add_argument("--json", default="runs/bench/stability.json", help="where the summary JSON is written")
     p.add_argument("--only", default="", help="train just this run (seed_N, steps2x or width8d) and exit, e.g. to "
                    "schedule the runs one by one on a shared machine; a final call without it reads them all back")
     p.add_argument("--skip", default="", help="comma-separated runs left out (steps2x, width8d), e.g. when time is "

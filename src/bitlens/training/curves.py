@@ -33,7 +33,7 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path) ->
         ax.set_xlabel("step")
         if scale == "log" and all((r.get(keys[0]) or 0) > 0 for r in records):
             ax.set_yscale("log")
-        if len(keys) > 1:
+        if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a panel whose metrics were never logged stays bare
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

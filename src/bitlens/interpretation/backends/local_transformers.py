@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import threading
 import time
 from typing import Any
@@ -75,6 +76,10 @@ class LocalBackend(Backend):
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
         self.prefixes = _PrefixKV()
+        # transformers 5.24 renamed the forward's key/value-cache argument (past_key_values -> cache) and will drop
+        # the old name in 5.40; pass whichever this version's forward declares
+        params = inspect.signature(self.lm.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.forward_tokens = 0
         self._lock = threading.Lock()  # tokens actually run through the model (prefix reuse makes this small)
 
@@ -113,7 +118,7 @@ class LocalBackend(Backend):
             cache = DynamicCache()
         if n < len(ids):
             rest = torch.tensor([ids[n:]], device=self.device)
-            self.lm(input_ids=rest, past_key_values=cache, attention_mask=self._mask(1, len(ids)), use_cache=True)
+            self.lm(input_ids=rest, attention_mask=self._mask(1, len(ids)), use_cache=True, **{self._cache_kw: cache})
             self.forward_tokens += len(ids) - n
             self.prefixes.put(ids, cache)
         return cache
@@ -145,7 +150,7 @@ class LocalBackend(Backend):
                 cache = copy.deepcopy(prefix)
                 cache.batch_repeat_interleave(len(chunk))
             hidden = body(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                          past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                          use_cache=cache is not None, **{self._cache_kw: cache}).last_hidden_state
             self.forward_tokens += int(sum(lengths))
             last = hidden[torch.arange(len(chunk)), torch.tensor(lengths) - 1]  # right padding: last real token
             logits = head(last).float()
@@ -168,8 +173,8 @@ class LocalBackend(Backend):
         out: list[int] = []
         length = len(prompt)
         for _ in range(max_tokens):
-            logits = self.lm(input_ids=next_ids, past_key_values=cache, attention_mask=self._mask(1, length),
-                             use_cache=True).logits[0, -1]
+            logits = self.lm(input_ids=next_ids, attention_mask=self._mask(1, length), use_cache=True,
+                             **{self._cache_kw: cache}).logits[0, -1]
             self.forward_tokens += 1
             token = int(logits.argmax())
             if token in self.stop_ids:
