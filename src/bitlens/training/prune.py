@@ -59,7 +59,7 @@ class Pruning(NamedTuple):
     budget_fvu: float
     """The FVU allowed on the fitted rows: target_fvu - gap."""
     fvu_before: float
-    """The sample's FVU of the trained model."""
+    """The sample's FVU of the trained model (training rows: not the held-out FVU a run reports)."""
     fvu_refit: float
     """After the least-squares decoder refit, before any unit is dropped."""
     fvu_after: float
