@@ -10,7 +10,7 @@ import torch
 from bitlens.cli.main import main
 from bitlens.data.synthetic import bernoulli_bits, planted_code
 from bitlens.analysis.entropy import bootstrap_bits
-from bitlens.experiments.rd import covariance_eigenvalues, find_knee, gaussian_rate
+from bitlens.experiments.rd import RDConfig, _fit_target, covariance_eigenvalues, find_knee, gaussian_rate
 
 
 def test_gaussian_rate_is_reverse_water_filling():
@@ -67,3 +67,39 @@ def test_rd_cli_writes_the_curve(tmp_path, capsys):
     assert main(args) == 0
     assert (out / "fvu_0.050" / "seed_0" / "result.json").stat().st_mtime_ns == before
     assert main(["entropy", "rd", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_a_full_code_that_misses_its_target_is_trained_again_wider():
+    d = 16
+
+    def runs_like(full_below: int):
+        """Runs that end full (99% of d' in bits) and at FVU 0.2 below ``full_below``-d width, at the target above."""
+        calls = []
+
+        def fit_seed(target, seed, expansion):
+            calls.append((seed, expansion))
+            if expansion < full_below:
+                return {"fvu": 0.2, "entropy_bits": 0.99 * expansion * d}
+            return {"fvu": target + 0.001, "entropy_bits": 20.0 + seed}
+        return calls, fit_seed
+
+    quiet = lambda *_: None  # noqa: E731
+    calls, fit = runs_like(4)
+    runs, expansion, narrower = _fit_target(RDConfig(seeds=3, expansion=1, max_expansion=8), 0.05, fit, d, quiet)
+    # the first full seed at each width sends the target on; every seed then runs at the width that reaches it
+    assert calls == [(0, 1), (0, 2), (0, 4), (1, 4), (2, 4)] and expansion == 4
+    assert [r["entropy_bits"] for r in runs] == [20.0, 21.0, 22.0]
+    assert [(a["expansion"], a["d_prime"], a["seeds_run"]) for a in narrower] == [(1, 16, 1), (2, 32, 1)]
+    # capped by --max-expansion: the widest allowed code keeps the target, missed, with all its seeds
+    calls, fit = runs_like(4)
+    runs, expansion, narrower = _fit_target(RDConfig(seeds=2, expansion=1, max_expansion=2), 0.05, fit, d, quiet)
+    assert calls == [(0, 1), (0, 2), (1, 2)] and expansion == 2 and len(narrower) == 1
+    # --no-widen, or a code that is not full (the states, not the width, stop it), stays at its width
+    calls, fit = runs_like(4)
+    assert _fit_target(RDConfig(seeds=2, expansion=1, widen=False), 0.05, fit, d, quiet)[1:] == (1, [])
+    calls, fit = runs_like(1)
+    assert _fit_target(RDConfig(seeds=2, expansion=1), 0.05, fit, d, quiet)[1:] == (1, [])
+    short_not_full = lambda target, seed, expansion: {"fvu": 0.2, "entropy_bits": 0.5 * expansion * d}  # noqa: E731
+    assert _fit_target(RDConfig(seeds=2, expansion=1), 0.05, short_not_full, d, quiet)[1:] == (1, [])
+    with pytest.raises(ValueError):
+        RDConfig(expansion=8, max_expansion=4)

@@ -262,7 +262,8 @@ def _report_rd(cfg, summary) -> None:
     for p in summary["points"]:
         print(f"target {p['target_fvu']:.3f}: FVU {p['fvu']:.4f} ± {p['fvu_std']:.4f}, "
               f"{p['entropy_bits']:.1f} ± {p['entropy_bits_std']:.1f} bits, {p['ratio_to_gaussian']:.2f}x the "
-              f"Gaussian R(D), dead {p['dead']:.0f}, constant-on {p['constant_on']:.0f}")
+              f"Gaussian R(D), dead {p['dead']:.0f}, constant-on {p['constant_on']:.0f}"
+              + (f" (d' = {p['expansion']}d)" if p.get("d_prime", summary["d_prime"]) != summary["d_prime"] else ""))
     knee = ("none" if summary["knee_bits"] is None
             else f"{summary['knee_bits']:.1f} bits at FVU {summary['knee_fvu']:.3f}")
     print(f"knee: {knee}; wrote {cfg.out}/rd.json and {cfg.out}/rd.png")

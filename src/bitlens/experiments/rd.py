@@ -7,7 +7,8 @@ standard deviation over seeds, and a bootstrap interval over the held-out tokens
 and the ratio of the bits to the rate-distortion function of a Gaussian with the same covariance at the achieved
 FVU (reverse water-filling on the eigenvalues of the held-out covariance; by Shannon the highest R(D) of any source
 with that covariance). The knee of the curve (``knee_bits``) is where more bits stop buying FVU: for a planted code
-the truth sits there.
+the truth sits there. A target that the starting width cannot reach because its code is full (``FULL_CODE``) is
+trained again at twice the width (``--widen``), and its point records the width it was measured at.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ class RDConfig(Serializable):
     batch_size: int = 512
     """Rows per training step."""
     expansion: int = 4
-    """Code size d' = expansion * d."""
+    """Code size d' = expansion * d (the width every target starts at)."""
+    widen: bool = True
+    """A target missed with a full code (bits >= 95% of d': nearly every unit a fair coin, so the width, not the
+    states, stops the FVU) is trained again at twice the width, up to --max-expansion, after its first full seed;
+    each point records the width it was measured at (on the demo store the 0.05 target needs d' = 8d)."""
+    max_expansion: int = 16
+    """With --widen: the widest code a missed target is retried at (d' = max_expansion * d)."""
     val_fraction: float = 0.1
     """Fraction of the documents (rows, for --activations) held out: bits, FVU and the Gaussian R(D) use them."""
     eval_tokens: int = 20000
@@ -68,6 +75,8 @@ class RDConfig(Serializable):
             raise ValueError("targets must be FVUs in (0, 1)")
         if self.seeds < 1 or self.steps < 1 or self.eval_tokens < 2 or self.bootstrap < 0:
             raise ValueError("seeds and steps must be >= 1, eval_tokens >= 2, bootstrap >= 0")
+        if self.expansion < 1 or self.max_expansion < self.expansion:
+            raise ValueError("expansion must be >= 1 and max_expansion >= expansion")
 
 
 # ---- the Gaussian reference -----------------------------------------------------------------------------------
@@ -148,6 +157,33 @@ def _data(cfg: RDConfig):
     return train, val, val.rows(cfg.eval_tokens), inputs
 
 
+def _missed_full(result: dict[str, Any], target: float, d_prime: int) -> bool:
+    """A run that missed its target with a full code (the width, not the states, stopped its FVU)."""
+    missed = abs(result["fvu"] - target) > TARGET_TOLERANCE and result["fvu"] > target
+    return missed and result["entropy_bits"] >= FULL_CODE * d_prime
+
+
+def _fit_target(cfg: RDConfig, target: float, fit_seed, d: int, echo) -> tuple[list[dict[str, Any]], int,
+                                                                                list[dict[str, Any]]]:
+    """The seeds' runs of one target, the expansion they ran at, and the narrower attempts given up (--widen: a
+    seed that ends full and short of the target sends the target to twice the width)."""
+    expansion, narrower = cfg.expansion, []
+    while True:
+        runs = []
+        for seed in range(cfg.seeds):
+            runs.append(fit_seed(target, seed, expansion))
+            if cfg.widen and 2 * expansion <= cfg.max_expansion and _missed_full(runs[-1], target, expansion * d):
+                break
+        else:
+            return runs, expansion, narrower
+        last = runs[-1]
+        narrower.append({"expansion": expansion, "d_prime": expansion * d, "seeds_run": len(runs),
+                         "fvu": last["fvu"], "entropy_bits": last["entropy_bits"]})
+        echo(f"target {target:.3f}: the code is full at d' = {expansion}d ({last['entropy_bits']:.0f} of "
+             f"{expansion * d} bits, FVU {last['fvu']:.4f}); training it again at d' = {2 * expansion}d")
+        expansion *= 2
+
+
 def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, Any]:
     from ..training.run import encode_all
 
@@ -157,33 +193,37 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
     write_manifest(out, command="entropy rd", config={**cfg.to_dict(), "loss": llm_loss().to_dict()},
                    seeds={"seeds": list(range(cfg.seeds)), "split_seed": 0}, inputs=inputs)
     eigenvalues = covariance_eigenvalues(eval_rows)
+    d = int(eval_rows.shape[1])
+
+    def fit_seed(target: float, seed: int, expansion: int) -> dict[str, Any]:
+        # the starting width keeps the folder layout of earlier versions, so their finished runs are read back
+        folder = out / f"fvu_{target:.3f}" / ("" if expansion == cfg.expansion else f"x{expansion}") / f"seed_{seed}"
+        how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=expansion, seed=seed,
+                           target_fvu=target)
+        result = fit_unit(folder, train, val, how, {"": eval_rows}, inputs=inputs)
+        if cfg.bootstrap and result.get("bootstrap_resamples") != cfg.bootstrap:  # another count, or an old run
+            from ..coders.registry import load
+
+            codes = encode_all(load(folder / "checkpoint"), eval_rows)
+            result["entropy_bits_ci95"] = list(bootstrap_bits(codes, cfg.bootstrap, seed))
+            result["bootstrap_resamples"] = cfg.bootstrap
+            write_json(folder / "result.json", result)
+        echo(f"target {target:.3f} seed {seed} (d' = {expansion}d): FVU {result['fvu']:.4f}, "
+             f"{result['entropy_bits']:.1f} bits, dead {result['dead']}, constant-on {result['constant_on']}")
+        return result
+
     points = []
     for target in sorted(cfg.targets):
-        runs = []
-        for seed in range(cfg.seeds):
-            folder = out / f"fvu_{target:.3f}" / f"seed_{seed}"
-            how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=seed,
-                               target_fvu=target)
-            result = fit_unit(folder, train, val, how, {"": eval_rows}, inputs=inputs)
-            if cfg.bootstrap and result.get("bootstrap_resamples") != cfg.bootstrap:  # another count, or an old run
-                from ..coders.registry import load
-
-                codes = encode_all(load(folder / "checkpoint"), eval_rows)
-                result["entropy_bits_ci95"] = list(bootstrap_bits(codes, cfg.bootstrap, seed))
-                result["bootstrap_resamples"] = cfg.bootstrap
-                write_json(folder / "result.json", result)
-            runs.append(result)
-            echo(f"target {target:.3f} seed {seed}: FVU {result['fvu']:.4f}, {result['entropy_bits']:.1f} bits, "
-                 f"dead {result['dead']}, constant-on {result['constant_on']}")
+        runs, expansion, narrower = _fit_target(cfg, target, fit_seed, d, echo)
         fvus = np.array([r["fvu"] for r in runs])
         bits = np.array([r["entropy_bits"] for r in runs])
         g = gaussian_rate(eigenvalues, float(fvus.mean()))
         reached = bool(np.abs(fvus - target).max() <= TARGET_TOLERANCE or fvus.max() < target)
-        full = bool(bits.mean() >= FULL_CODE * cfg.expansion * eval_rows.shape[1])
+        full = bool(bits.mean() >= FULL_CODE * expansion * d)
         if not reached:
             echo(f"target {target:.3f} not reached: held-out FVU {fvus.mean():.4f} (tolerance ±{TARGET_TOLERANCE})"
-                 + (f" with {bits.mean():.0f} bits of a possible {cfg.expansion * eval_rows.shape[1]}: the code is "
-                    "full, a lower FVU needs a wider code (--expansion) or longer training (--steps)" if full else ""))
+                 + (f" with {bits.mean():.0f} bits of a possible {expansion * d}: the code is full, a lower FVU "
+                    "needs a wider code (--expansion, --max-expansion) or longer training (--steps)" if full else ""))
         points.append({
             "target_fvu": target, "fvu": float(fvus.mean()),
             "fvu_std": float(fvus.std(ddof=1)) if len(runs) > 1 else 0.0,
@@ -195,13 +235,14 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
             "gaussian_bits": g, "ratio_to_gaussian": float(bits.mean()) / g if g > 0 else None,
             "max_abs_fvu_error": float(np.abs(fvus - target).max()),
             "target_reached": reached, "code_full": full,
+            "expansion": expansion, "d_prime": expansion * d, "narrower_attempts": narrower,
             "runs": [{"seed": s, "fvu": r["fvu"], "entropy_bits": r["entropy_bits"],
                       "entropy_bits_ci95": r.get("entropy_bits_ci95"), "dead": r["dead"],
                       "constant_on": r["constant_on"]} for s, r in enumerate(runs)]})
     knee = find_knee([p["fvu"] for p in points], [p["entropy_bits"] for p in points])
     grid = np.linspace(0.01, max(0.6, max(p["fvu"] for p in points) + 0.05), 60)
     summary = {
-        **inputs, "d": int(eval_rows.shape[1]), "d_prime": cfg.expansion * int(eval_rows.shape[1]),
+        **inputs, "d": d, "d_prime": cfg.expansion * d,
         "steps": cfg.steps, "seeds": cfg.seeds, "eval_tokens": int(eval_rows.shape[0]),
         "points": points,
         "knee_bits": knee.bits if knee else None, "knee_fvu": knee.fvu if knee else None,
@@ -233,6 +274,10 @@ def plot_rd(summary: dict[str, Any], path: str | Path) -> None:
         ax.plot([p["fvu"] for p in missed], [p["entropy_bits"] for p in missed], "o", ms=12, mfc="none",
                 color="tab:red", label="target not reached" + (" (code full)" if any(p["code_full"] for p in missed)
                                                               else ""))
+    for p in pts:  # a point measured on a wider code than the curve's starting width says so
+        if p.get("expansion", 0) * summary["d"] != summary["d_prime"] and "expansion" in p:
+            ax.annotate(f"d' = {p['expansion']}d", (p["fvu"], p["entropy_bits"]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=8)
     if summary["knee_bits"] is not None:
         ax.plot([summary["knee_fvu"]], [summary["knee_bits"]], "r*", ms=14,
                 label=f"knee: {summary['knee_bits']:.1f} bits")
