@@ -236,15 +236,23 @@ def main() -> None:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive column (slow at d = 2048)")
     ap.add_argument("--sweep", default="", help="densities L0/d' (comma-separated, e.g. 0.005,0.01,0.02): time "
                     "the dense and the sparse path at each instead of the regime table")
+    ap.add_argument("--gather-max-width", type=int, default=-1,
+                    help="where int8 GEMMs are fast (AVX-512 CPUs): the widest code d' whose sparse covariance comes "
+                    "from gathers rather than row overlaps (-1 = the library's GATHER_MAX_WIDTH_INT8_CPU; 0 = overlaps "
+                    "always, 1000000 = gathers always); to calibrate it")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (issue 16: the GPU path; fp32 throughout)")
     args = ap.parse_args()
     if args.force_path:
         fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = fast_step.SPARSE_MAX_DENSITY_ROWS_FP32 = \
             2.0 if args.force_path == "sparse" else -1.0
+    if args.gather_max_width >= 0:
+        fast_step.GATHER_MAX_WIDTH_INT8_CPU = args.gather_max_width
     if args.threads:
         torch.set_num_threads(args.threads)
     l0_for = {576: 32, 2048: 64}
     info = machine()
+    info["int8_gemm_fast"] = fast_step.int8_gemm_is_fast(args.device.split(":")[0])
+    info["gather_max_width_int8_cpu"] = fast_step.GATHER_MAX_WIDTH_INT8_CPU
     if args.device != "cpu":
         info["device"] = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") \
             else args.device

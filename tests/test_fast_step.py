@@ -92,10 +92,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30)) if b.norm() > 0 else float(a.norm())
 
 
+def use_route(monkeypatch, route: str) -> None:
+    """Force the bit products' route whatever this CPU has: fp32 GEMMs (AVX2), int8 GEMMs with the gather
+    covariance of sparse codes (AVX-512, d' up to GATHER_MAX_WIDTH_INT8_CPU) or with row overlaps (wider codes)."""
+    monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: route != "fp32")
+    if route == "int8_overlap":
+        monkeypatch.setattr(fast_step, "GATHER_MAX_WIDTH_INT8_CPU", 0)
+
+
+@pytest.mark.parametrize("route", ["fp32", "int8_gather", "int8_overlap"])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 @pytest.mark.parametrize("surrogate", ["identity", "sigmoid", "paper", "official"])
 @pytest.mark.parametrize("preset", ["scale_free", "paper"])
-def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
+def test_objective_equals_reference(monkeypatch, route, path, surrogate, preset):
+    if route == "int8_overlap" and path == "dense":
+        pytest.skip("the overlap/gather choice is the sparse path's")
+    use_route(monkeypatch, route)
     for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
@@ -121,9 +133,11 @@ def test_objective_equals_reference(monkeypatch, path, surrogate, preset):
             assert _rel(g[k], g_ref[k]) <= 1e-4, (k, _rel(g[k], g_ref[k]), b, bias, threshold, step)
 
 
+@pytest.mark.parametrize("route", ["fp32", "int8_gather", "int8_overlap"])
 @pytest.mark.parametrize("kind", ["off", "on"])
 @pytest.mark.parametrize("path", ["dense", "sparse"])
-def test_all_bits_off_or_on(monkeypatch, kind, path):
+def test_all_bits_off_or_on(monkeypatch, kind, path, route):
+    use_route(monkeypatch, route)
     for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for b in (2, 16):
@@ -153,6 +167,28 @@ def test_auto_path_switches_on_density(monkeypatch):
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
     assert fast_step.choose_path(0.06) == "dense"
+
+
+@pytest.mark.parametrize("route", ["fp32", "int8_gather", "int8_overlap"])
+def test_sparse_routes_agree_exactly(monkeypatch, route):
+    """Every route computes the same integer covariance, so loss and gradients match the fp32 gather route."""
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0)
+    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY_FP32", 2.0)
+    torch.manual_seed(3)
+    model = BinaryAutoencoder(BAEConfig(d_in=16, surrogate="sigmoid"))
+    with torch.no_grad():
+        model.encoder.bias.sub_(1.0)
+    x = torch.randn(128, 16)
+    model.fit_input_scale(x)
+    cfg = LossConfig(entropy_weight=10.0, cov_weight=1000.0)
+    with monkeypatch.context() as m:
+        use_route(m, "fp32")
+        ref, g_ref = _grads(bae_objective, model, x, cfg, 100)
+    use_route(monkeypatch, route)
+    out, g = _grads(bae_objective, model, x, cfg, 100)
+    assert float(out.covariance) == float(ref.covariance) and float(out.entropy) == float(ref.entropy)
+    for k in g_ref:
+        torch.testing.assert_close(g[k], g_ref[k], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])

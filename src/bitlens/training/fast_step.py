@@ -9,9 +9,10 @@
   the pre-activations instead of h, so the step and its surrogate's backward join that pass (``ops.fused``; the
   elementwise kernels are compiled by torch.compile with ``StepSpec.compile``, eager otherwise);
 * for sparse codes the decoder forward and its weight gradient touch only the active bits (``embedding_bag``),
-  and the covariance uses row overlaps (int8-fast devices, several processes) or gathers of sign rows (fp32
-  CPUs) instead of the Gram matrix. Which path runs is decided per batch from the measured density
-  (``SPARSE_MAX_DENSITY``, ``SPARSE_MAX_DENSITY_FP32``, ``SPARSE_MAX_DENSITY_ROWS_FP32``).
+  and the covariance uses gathers of sign rows (one process on a CPU: fp32 CPUs, and int8-fast ones up to
+  ``GATHER_MAX_WIDTH_INT8_CPU`` units) or row overlaps (CUDA, wider codes, several processes) instead of the Gram
+  matrix. Which path runs is decided per batch from the measured density (``SPARSE_MAX_DENSITY``,
+  ``SPARSE_MAX_DENSITY_FP32``, ``SPARSE_MAX_DENSITY_ROWS_FP32``).
 
 Everything is device-agnostic (CPU int8 GEMMs; on CUDA the same calls, with a float fallback where the int8 kernel
 does not take the shape). Under autocast the encoder may run in bf16: the bits are exact in any dtype and this
@@ -67,6 +68,11 @@ class StepSpec:
     """Run the elementwise work through ``ops.fused``'s compiled kernels (eager where compiling is unavailable)."""
 
 
+GATHER_MAX_WIDTH_INT8_CPU = 4096
+"""On CPUs whose int8 GEMM is fast (AVX-512), sparse codes up to this many units take the covariance from gathers
+(as on fp32 CPUs) rather than from row overlaps. Measured with bench/train_step.py on a 2-core AVX-512/AMX Xeon
+(BENCHMARKS.md, issue 18, ninth session): gathers were faster at d' = 2304, row overlaps at d' = 8192."""
+
 SPARSE_MAX_DENSITY_ROWS_FP32 = 0.01
 """Where the bit products run in fp32 but the gather path does not apply (several processes: the row-overlap sparse
 path runs on the global batch). Measured with bench/train_step.py at d = 576 on an AVX2-only EPYC under load: at 1.4%
@@ -112,8 +118,10 @@ class _DecoderLosses(torch.autograd.Function):
             nf = lf = None
         rows, m = hf.shape  # this process's rows
         d = xn.shape[1]
-        # fp32 bits serve the dense path where the bit products are fp32 GEMMs anyway (no int8 copies of h)
-        float_bits = group is None and not int8_gemm_is_fast(hf.device.type) and rows * rows < EXACT_FP32
+        # fp32 bits serve the dense path where the bit products are fp32 GEMMs anyway (no int8 copies of h), and the
+        # gather path of sparse codes, which is also the faster sparse path on int8-fast CPUs up to a width
+        gather = group is None and rows * rows < EXACT_FP32 and (
+            not int8_gemm_is_fast(hf.device.type) or (hf.device.type == "cpu" and m <= GATHER_MAX_WIDTH_INT8_CPU))
         h8 = None
         if group is None:
             h8_all, lo = None, 0
@@ -126,10 +134,11 @@ class _DecoderLosses(torch.autograd.Function):
             n = h8_all.sum(0, dtype=torch.int32)
             l = h8_all.sum(1, dtype=torch.int32)
         b = h8_all.shape[0] if h8_all is not None else rows  # the (global) batch the statistics are taken over
-        path = choose_path(float(l.sum()) / max(b * m, 1), spec.path, hf.device.type, gather=float_bits)
+        path = choose_path(float(l.sum()) / max(b * m, 1), spec.path, hf.device.type, gather=gather)
+        float_bits = gather and (path == "sparse" or not int8_gemm_is_fast(hf.device.type))
 
         lists = lists_t = None
-        if path == "sparse" and float_bits:  # no fast int8: the covariance by gathers (fast_cov.gather_sign_product)
+        if path == "sparse" and float_bits:  # the covariance by gathers (fast_cov.gather_sign_product)
             lists, lists_t = row_lists(hf, padded=False), row_lists(hf.t(), padded=False)
             hs = gather_sign_product(hf, nf, lists, lists_t, spec.compile)
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
