@@ -217,3 +217,49 @@ def test_dense_sign_product_float_and_integer_routes_agree(monkeypatch, b, m, de
     monkeypatch.setattr(fast_cov, "int8_gemm_is_fast", lambda device_type: False)
     floats = fast_cov.dense_sign_product(h8, n, block=16)
     assert floats.dtype == torch.int32 and torch.equal(floats, integer)
+
+
+@pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9), (5, 3, 0.0)])
+def test_transposed_lists_are_the_row_lists_of_the_transpose(b, m, density):
+    h = _codes(b, m, density, seed=b * m + 1)
+    lists = fast_cov.row_lists(h, padded=False)
+    want, got = fast_cov.row_lists(h.t(), padded=False), fast_cov.transposed_lists(lists, m)
+    for name in ("rows", "cols", "offsets"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+@pytest.mark.parametrize("half_exact", [0, fast_cov.HALF_EXACT])
+@pytest.mark.parametrize("block_floats", [3 * 40, 1 << 20])
+def test_gather_sign_product_fp16_and_fp32_gathers_are_exact(monkeypatch, half_exact, block_floats):
+    """S rows are gathered in fp16 unless a row of h has more ones than fp16 counts exactly (forced here: 0)."""
+    h = _codes(64, 40, 0.3, seed=5, kind="structured")
+    monkeypatch.setattr(fast_cov, "HALF_EXACT", half_exact)
+    n = h.sum(0)
+    lists = fast_cov.row_lists(h, padded=False)
+    hs = fast_cov.gather_sign_product(h, n, lists, fast_cov.transposed_lists(lists, 40), block_floats=block_floats)
+    assert hs.dtype == torch.float32
+    h8 = h.to(torch.int8)
+    d = fast_cov.penalty_from_sign_product(hs.to(torch.int32), h8, n.to(torch.int32))
+    d_ref, g_ref = _reference_cov(h)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
+    hsd = hs.double()
+    torch.testing.assert_close(2 / 63 * (hsd - hsd.mean(0)), g_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["fp32", "int8"])
+def test_row_overlaps_stay_int8_when_rows_have_more_than_127_ones(monkeypatch, route):
+    """The overlaps' diagonal (the popcounts) is added apart, so rows of ~150 ones keep the int8 product; exact."""
+    h = _codes(64, 300, 0.5, seed=11)
+    monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: route == "int8")
+    largest = []
+    real_count_mm = fast_cov.count_mm
+
+    def spy(a, b):
+        largest.append(int(a.max()))
+        return real_count_mm(a, b)
+    monkeypatch.setattr(fast_cov, "count_mm", spy)
+    d, g = _fast_cov(h, "sparse")
+    assert int(h.sum(1).max()) > bit_products.INT8_MAX and largest and max(largest) <= bit_products.INT8_MAX
+    d_ref, g_ref = _reference_cov(h)
+    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)

@@ -141,9 +141,10 @@ def _surrogate_eager(g: torch.Tensor, pre: torch.Tensor, kind: str, tau: torch.T
     if kind == "official":
         return g.mul_(1 - g)
     x = pre.float()
-    if kind == "sigmoid":
-        sig = torch.sigmoid(x / tau)
-        return torch.ops.aten.sigmoid_backward(g, sig).div_(tau)
+    if kind == "sigmoid":  # one temporary (sig), the rest in place on g
+        sig = x.div(tau).sigmoid_()
+        torch.ops.aten.sigmoid_backward.grad_input(g, sig, grad_input=g)
+        return g.div_(tau)
     return g.mul_(x * (1 - x))  # paper
 
 

@@ -37,6 +37,7 @@ from ..ops.fast_cov import (
     penalty_from_sign_product,
     row_lists,
     sparse_sign_product,
+    transposed_lists,
 )
 from ..ops.fused import EXACT_FP32
 from . import losses
@@ -139,20 +140,21 @@ class _DecoderLosses(torch.autograd.Function):
 
         lists = lists_t = None
         if path == "sparse" and float_bits:  # the covariance by gathers (fast_cov.gather_sign_product)
-            lists, lists_t = row_lists(hf, padded=False), row_lists(hf.t(), padded=False)
+            lists = row_lists(hf, padded=False)
+            lists_t = transposed_lists(lists, m)
             hs = gather_sign_product(hf, nf, lists, lists_t, spec.compile)
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
         elif path == "sparse":
             if h8 is None:
                 h8 = h8_all = hf.to(torch.int8)
-            ht8 = h8_all.t().contiguous()
             lists_all = row_lists(h8_all)
-            hs = sparse_sign_product(h8_all, n, l, lists_all, None, ht8)
+            hs = sparse_sign_product(h8_all, n, l, lists_all)
             if group is None:
-                lists, lists_t = lists_all, row_lists(ht8)
+                lists = lists_all
             else:
                 hs = hs[lo:lo + rows]
-                lists, lists_t = row_lists(h8), row_lists(h8.t().contiguous())
+                lists = row_lists(h8)
+            lists_t = transposed_lists(lists, m)
             recon = F.embedding_bag(lists.cols, w_out.t().contiguous(), lists.offsets, mode="sum") + b_out
         else:
             recon = torch.addmm(b_out, hf, w_out.t())
