@@ -149,11 +149,12 @@ def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
     empty = torch.zeros(0, dtype=torch.int64, device=padded.device)
     if b_idx.numel() == 0:
         return empty, empty, empty
-    left = padded[b_idx]  # [R, L] the units of row b (sentinel m)
+    # flat gathers (take, index_select): torch's multi-index gather was most of this function's time
+    left = padded.index_select(0, b_idx)  # [R, L] the units of row b (sentinel m)
     table = torch.cat([bits, bits.new_zeros(bits.shape[0], 1)], 1)  # column m is the sentinel's: always off
-    hit = table[c_idx[:, None], left]  # [R, L]: ... that are also on in row c
-    group, slot = hit.nonzero(as_tuple=True)  # grouped by row pair, units ascending within a group
-    units = left[group, slot]
+    hit = torch.take(table, left + (c_idx * (m + 1)).unsqueeze(1))  # [R, L]: ... that are also on in row c
+    where = hit.view(-1).nonzero().squeeze(1)  # grouped by row pair, units ascending within a group
+    group, units = where // left.shape[1], torch.take(left, where)
     src, dst = _within_group_pairs(group, b_idx.numel())
     keys, pairs_of_rows = torch.unique(units[src] * m + units[dst], return_counts=True)
     g = ((1 + torch.sqrt(1 + 8 * pairs_of_rows.double())) / 2).round().long()  # C(g, 2) = pairs_of_rows
