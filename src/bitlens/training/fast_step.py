@@ -72,7 +72,8 @@ class StepSpec:
 GATHER_MAX_WIDTH_INT8_CPU = 4096
 """On CPUs whose int8 GEMM is fast (AVX-512), sparse codes up to this many units take the covariance from gathers
 (as on fp32 CPUs) rather than from row overlaps. Measured with bench/train_step.py on a 2-core AVX-512/AMX Xeon
-(BENCHMARKS.md, issue 18, ninth session): gathers were faster at d' = 2304, row overlaps at d' = 8192."""
+and a 2-core AVX-512 EPYC (BENCHMARKS.md, issue 18, ninth and tenth sessions): on both, gathers were faster at
+d' = 2304 (EPYC: 1.01 vs 1.21 of the GEMM floor) and row overlaps at d' = 8192 (0.74-0.84 vs 1.06)."""
 
 SPARSE_MAX_DENSITY_ROWS_FP32 = 0.01
 """Where the bit products run in fp32 but the gather path does not apply (several processes: the row-overlap sparse
