@@ -112,6 +112,19 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
     before = states.stat().st_mtime_ns
     assert main(args) == 0
     assert states.stat().st_mtime_ns == before
+    # finished BAEs of another width are refused, not reused; a new folder takes the width
+    assert main(args + ["--expansion", "2"]) == 2
+    narrow = tmp_path / "icl_x1"
+    narrow.mkdir()
+    for f in (out / "spam").glob("*_k*.*"):  # the saved states: only the BAEs are made again
+        (narrow / "spam").mkdir(exist_ok=True)
+        (narrow / "spam" / f.name).write_bytes(f.read_bytes())
+    assert main(args[:-3] + ["--out", str(narrow), "--no-progress", "--expansion", "1"]) == 0
+    cfg = json.loads((narrow / "spam" / "bae_layer_01" / "checkpoint" / "cfg.json").read_text())
+    d = np.load(narrow / "spam" / "states_k0.npy").shape[-1]
+    assert cfg["config"]["expansion"] == 1
+    rows = json.loads((narrow / "icl.json").read_text())["tasks"]["spam"]["layers"]
+    assert [r["d_prime"] for r in rows] == [d, d] and all(r["train_rows"] + r["val_rows"] == 3 * 16 for r in rows)
 
 
 def test_last_token_states_do_not_depend_on_batching():

@@ -18,7 +18,7 @@ from ..coders.bae import BAEConfig
 from ..data.sources import RowSource
 from ..io import write_json
 from ..training.config import DEFAULT_TARGET_FVU, TrainConfig, llm_loss
-from ..training.run import encode_all, resume_or_refuse, train_bae
+from ..training.run import encode_all, refuse_other_settings, resume_or_refuse, train_bae
 from ..analysis.entropy import BOOTSTRAP_RESAMPLES, bootstrap_bits, estimate_entropy
 
 RESULT = "result.json"
@@ -64,16 +64,17 @@ def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTrai
     the top level, other names nest them (e.g. one set per ICL k). FVU, L0 and cosine come from ``val``.
     """
     folder = Path(folder)
-    done = finished(folder)
-    if done is not None:
-        return done
     started = time.perf_counter()
     cfg = TrainConfig(steps=how.steps, batch_size=min(how.batch_size, train.n_rows), seed=how.seed,
                       eval_every=max(1, how.steps // 2), checkpoint_every=max(1, how.steps // 2),
                       eval_tokens=16384, progress=False, device=how.device)
     bae, loss = BAEConfig(expansion=how.expansion), llm_loss(how.target_fvu)
-    resume = resume_or_refuse(folder, {"bae": bae.to_dict(), "train": cfg.settings(), "loss": loss.to_dict()},
-                              "BAE") != "new"
+    settings = {"bae": bae.to_dict(), "train": cfg.settings(), "loss": loss.to_dict()}
+    done = finished(folder)
+    if done is not None:  # reused only if it was made with these settings (another width, target or length: refused)
+        refuse_other_settings(folder, settings, "BAE")
+        return done
+    resume = resume_or_refuse(folder, settings, "BAE") != "new"
     model, stats = train_bae(train, val, folder, bae, cfg, loss,
                              resume=resume, inputs=inputs)
     result: dict[str, Any] = {"target_fvu": how.target_fvu, "fvu": stats.get("fvu"), "l0": stats.get("l0"),

@@ -24,6 +24,25 @@ RunState = Literal["new", "resume", "finished"]
 SETTINGS_FILE = "run_settings.json"
 
 
+def refuse_other_settings(run: str | Path, settings: dict[str, Any], what: str = "coder") -> None:
+    """Raise one line if ``run`` records a training with other ``settings`` (JSON-able); fine if it records none.
+    Options the library gained after the run was made are not counted (the run trained without them)."""
+    run = Path(run)
+    saved_file = run / SETTINGS_FILE
+    if not saved_file.is_file():
+        return
+    settings = json.loads(json.dumps(settings, default=str))
+    saved = read_json_object(saved_file)
+    newer = _fields_added_since(saved, settings)
+    if newer:
+        logging.getLogger("bitlens").info("%s predates the options %s; resuming it as it was trained", run,
+                                          ", ".join(newer))
+    if saved != _without(settings, newer):
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        raise BitlensError(f"{run} holds a {what} trained with other settings ({', '.join(changed)}): "
+                           "remove it or choose another output folder")
+
+
 def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "coder") -> RunState:
     """What to do with the run folder ``run`` for a training described by ``settings`` (JSON-able).
 
@@ -35,16 +54,7 @@ def resume_or_refuse(run: str | Path, settings: dict[str, Any], what: str = "cod
     run = Path(run)
     settings = json.loads(json.dumps(settings, default=str))
     saved_file = run / SETTINGS_FILE
-    if saved_file.is_file():
-        saved = read_json_object(saved_file)
-        newer = _fields_added_since(saved, settings)
-        if newer:  # options the library gained after the run was made: the run trained without them
-            logging.getLogger("bitlens").info("%s predates the options %s; resuming it as it was trained", run,
-                                              ", ".join(newer))
-        if saved != _without(settings, newer):
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            raise BitlensError(f"{run} holds a {what} trained with other settings ({', '.join(changed)}): "
-                               "remove it or choose another output folder")
+    refuse_other_settings(run, settings, what)
     state_file = run / CHECKPOINT / "trainer_state.json"
     if state_file.is_file():
         state = read_json_object(state_file)
