@@ -161,20 +161,20 @@ def repeated_pairs(bits: torch.Tensor, padded: torch.Tensor,
     return keys // m, keys % m, g
 
 
-def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor, lists: RowLists | None = None,
-                        ht8: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_sign_product(h8: torch.Tensor, n: torch.Tensor, l: torch.Tensor,
+                        lists: RowLists | None = None) -> torch.Tensor:
     """hS for sparse codes through row overlaps and the few excess pairs (see the module docstring).
 
     Units with n_i^2 >= B ("frequent") are handled by a dense Gram block against all units; among the others
     n_i n_j < B <= B G_ij whenever G_ij >= 1, so their excess is T = 2 (G - 1) on pairs with G >= 2 only.
-    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists, ht8: ``row_lists`` of h8 and
-    h8^T (a transposed view is fine), when the caller has them.
+    Args: h8 [B, m] int8 bits; n [m] int32 counts; l [B] int32 popcounts; lists: ``row_lists`` of h8 when the
+    caller has them.
     Returns int32 [B, m].
     """
     b, m = h8.shape
     if int(l.sum()) == 0:
         return torch.zeros(b, m, dtype=torch.int32, device=h8.device)
-    ht8 = h8.t() if ht8 is None else ht8  # int_mm reads a column-major view as it is: no copy
+    ht8 = h8.t()  # int_mm reads a column-major view as it is: no copy
     overlap = int_mm(h8, ht8)  # K = h h^T [B, B]
     overlap.fill_diagonal_(0)  # its diagonal (the popcounts, often > 127) is added below, so int8 holds the rest
     hs = count_mm(overlap, h8).mul_(2)  # 2 (K - diag l) h
