@@ -238,7 +238,8 @@ def run_rd(cfg: RDConfig, echo=logging.getLogger(__name__).info) -> dict[str, An
             "expansion": expansion, "d_prime": expansion * d, "narrower_attempts": narrower,
             "runs": [{"seed": s, "fvu": r["fvu"], "entropy_bits": r["entropy_bits"],
                       "entropy_bits_ci95": r.get("entropy_bits_ci95"), "dead": r["dead"],
-                      "constant_on": r["constant_on"]} for s, r in enumerate(runs)]})
+                      "constant_on": r["constant_on"], "restored_step": r.get("restored_step")}
+                     for s, r in enumerate(runs)]})
     knee = find_knee([p["fvu"] for p in points], [p["entropy_bits"] for p in points])
     grid = np.linspace(0.01, max(0.6, max(p["fvu"] for p in points) + 0.05), 60)
     summary = {

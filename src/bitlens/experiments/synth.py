@@ -105,7 +105,8 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
                "total_correlation_bits": est.total_correlation_bits, "noise_fvu": code.noise_fvu,
                "target_fvu": target, "fvu": stats["fvu"], "cosine": stats["cosine"], "l0": stats["l0"],
                "active_units": est.active_units, "dead": stats["dead"], "constant_on": stats["constant_on"],
-               "target_reached": stats.get("target_reached"), "floor_fvu": floor,
+               "target_reached": stats.get("target_reached"), "restored_step": stats.get("restored_step"),
+               "floor_fvu": floor,
                "readout_fvu": readout.fvu if readout else None, "readout_bits": readout.bits if readout else None,
                "readout_bit_error": readout.bit_error if readout else None}
         row["abs_error_bits"] = abs(row["estimated_bits"] - code.true_bits)

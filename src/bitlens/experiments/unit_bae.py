@@ -65,8 +65,10 @@ def fit_unit(folder: str | Path, train: RowSource, val: RowSource, how: UnitTrai
     """
     folder = Path(folder)
     started = time.perf_counter()
+    # ten evaluations: each is a candidate for the best feasible state a run returns when its last step misses the
+    # target (training/feasible.py); on 16384 rows they cost little next to the training
     cfg = TrainConfig(steps=how.steps, batch_size=min(how.batch_size, train.n_rows), seed=how.seed,
-                      eval_every=max(1, how.steps // 2), checkpoint_every=max(1, how.steps // 2),
+                      eval_every=max(1, how.steps // 10), checkpoint_every=max(1, how.steps // 2),
                       eval_tokens=16384, progress=False, device=how.device)
     bae, loss = BAEConfig(expansion=how.expansion), llm_loss(how.target_fvu)
     settings = {"bae": bae.to_dict(), "train": cfg.settings(), "loss": loss.to_dict()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,10 +35,13 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any]) -> None:
-    """Write the whole checkpoint folder atomically (it replaces the previous one only when complete)."""
+                    trainer_state: dict[str, Any], also_write: Callable[[Path], None] | None = None) -> None:
+    """Write the whole checkpoint folder atomically (it replaces the previous one only when complete);
+    ``also_write(folder)`` adds the trainer's other files (the kept best feasible weights)."""
     with atomic_dir(folder) as tmp:
         save_coder(model, tmp)
+        if also_write is not None:
+            also_write(tmp)
         tensors, meta = optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json(tmp / "trainer_state.json", {**trainer_state, "optimizer": meta})
@@ -47,9 +50,10 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
 #: trainer_state.json fields and the JSON types they must have
 _STATE_FIELDS = {"step": int, "total_steps": int, "variance": (int, float), "architecture": str,
                  "train_config": dict, "loss_config": dict, "optimizer": dict}
-#: fields only some runs have: the target-FVU controller's state (dual ascent); the per-rank positions of a source
-#: that streams activations from a model (one list of numbers per rank)
-_OPTIONAL_FIELDS = {"dual": dict, "stream": list}
+#: fields only some runs have: the target-FVU controller's state (dual ascent) and its best feasible evaluation
+#: (``feasible.py``); the per-rank positions of a source that streams activations from a model (one list of numbers
+#: per rank)
+_OPTIONAL_FIELDS = {"dual": dict, "best_feasible": dict, "stream": list}
 
 
 def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

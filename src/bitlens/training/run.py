@@ -184,6 +184,8 @@ def train_coder(architecture: str, train: RowSource, val: RowSource | None, out_
         final.update(target_fvu=target, fvu_running=trainer.controller.fvu_running,
                      entropy_weight_final=trainer.loss_cfg.entropy_weight * trainer.controller.scale)
         fvu = final.get("fvu")
+        if trainer.restored is not None:  # the last step missed the target; an earlier evaluation is returned
+            final.update(trainer.restored)
         if pruning is not None:
             final.update(pruned=len(pruning.pruned), fvu_before_pruning=pruning.fvu_before,
                          bits_before_pruning=pruning.bits_before)

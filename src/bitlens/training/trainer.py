@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import signal
 from contextlib import contextmanager
@@ -28,9 +29,10 @@ from ..devices import resolve_device
 from ..io import BitlensError, json_safe
 from .checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from .coder_init import data_variance, init_bae, init_coder  # noqa: F401  (init_*: re-exported)
-from .config import TrainConfig
+from .config import TARGET_TOLERANCE, TrainConfig
 from .distributed import World, current_world
 from .dual import controller_for
+from .feasible import BestFeasible
 from .objectives import objective_for
 from .schedules import cosine_tail
 from .validation import Validation
@@ -123,6 +125,10 @@ class Trainer(Validation):
             self._stream_states = self.world.gather_floats(train.stream_state())
         self._running: dict[str, float] = {}
         self.controller = controller_for(loss, self.total_steps)
+        self.feasible = (BestFeasible(self.controller.target + TARGET_TOLERANCE)
+                         if self.controller is not None and getattr(loss, "keep_feasible", False) else None)
+        self.restored: dict[str, Any] | None = None
+        """Set when the run returned its best feasible evaluation instead of its last state (see fit)."""
         # only rank 0 may hold validation rows (training from a model): it decides for every rank whether to calibrate
         has_val = float(val is not None and val.n_rows > 0)
         self._calibrates = bool(self.controller is not None and self.controller.calibrate_every
@@ -139,6 +145,8 @@ class Trainer(Validation):
                  "train_config": self.cfg.to_dict(), "loss_config": self.loss_cfg.to_dict()}
         if self.controller is not None:
             state["dual"] = self.controller.state()
+        if self.feasible is not None and self.feasible.best is not None:
+            state["best_feasible"] = self.feasible.state()
         if self._stream_states is not None:
             state["stream"] = self._stream_states
         return state
@@ -147,7 +155,8 @@ class Trainer(Validation):
         """Write the checkpoint (rank 0 only; every rank holds the same weights and optimizer state)."""
         folder = self.out_dir / CHECKPOINT
         if self.world.main:
-            save_checkpoint(folder, self.model, self.opt, self.state())
+            save_checkpoint(folder, self.model, self.opt, self.state(),
+                            also_write=self.feasible.save if self.feasible is not None else None)
         return folder
 
     #: fields a resumed run may change: where/how it reports, and how long it trains
@@ -197,6 +206,8 @@ class Trainer(Validation):
                 trainer.controller.load(state["dual"])
             except (KeyError, TypeError, ValueError) as e:
                 raise BitlensError(f"{state_file}: dual: not a target-FVU controller state ({e})") from None
+        if trainer.feasible is not None:
+            trainer.feasible.load(state.get("best_feasible"), folder, trainer.model)
         if hasattr(train, "stream_state"):
             train.load_stream_state(state["stream"][world.rank])
             trainer._stream_states = state["stream"]
@@ -312,9 +323,29 @@ class Trainer(Validation):
             bar.close()  # end the bar's line so the error starts on its own; no checkpoint of a diverged model
             raise
         bar.close()
+        if self.step == self.total_steps and self.world.main:
+            last = self._return_feasible(last)
         self.save()
         self.model.eval()
         return last
+
+    def _return_feasible(self, last: dict[str, Any]) -> dict[str, Any]:
+        """The last evaluation; or, when it missed the target and an earlier one did not (``feasible.py``), that
+        one's weights, re-evaluated. Runs once: a finished run that is resumed returns what it holds."""
+        if self.feasible is None or self.restored is not None:
+            return last
+        stats = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")} or self.evaluate()
+        kept = self.feasible.settle(self.model, stats)
+        if kept is None:
+            return last
+        self.restored = {"restored_step": kept.step, "last_step_fvu": stats.get("fvu"),
+                         "last_step_entropy_bits": stats.get("entropy_bits")}
+        logging.getLogger("bitlens").warning(
+            "%s: the last step ended at held-out FVU %.4f (%.2f bits), above the target %.4f + %g; returning step "
+            "%d instead (FVU %.4f, %.2f bits), the fewest bits within it", self.out_dir, stats.get("fvu", math.nan),
+            stats.get("entropy_bits", math.nan), self.controller.target, TARGET_TOLERANCE, kept.step, kept.fvu,
+            kept.entropy_bits)
+        return {**last, **{f"val/{k}": v for k, v in self.evaluate().items()}}
 
     @property
     def revive_every(self) -> int:
@@ -375,7 +406,10 @@ class Trainer(Validation):
             record["train/lambda"] = 1 / self.controller.scale
             if self.controller.calibrate_every:
                 record["train/fvu_offset"] = self.controller.offset  # held-out minus running FVU
-        record.update({f"val/{k}": v for k, v in self.evaluate().items()})
+        stats = self.evaluate()
+        record.update({f"val/{k}": v for k, v in stats.items()})
+        if self.feasible is not None and self.controller.updates:  # only prices being paid: no warm-up evaluation
+            self.feasible.offer(self.step, stats, self.model)
         with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")  # an undefined statistic is null
         return record
