@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from bitlens.data import icl_tasks
 from bitlens.data.icl_tasks import (Example, ICLTask, email_text, make_prompts, one_line, sample_demonstrations,
@@ -142,60 +141,3 @@ def test_last_token_states_do_not_depend_on_batching():
     np.testing.assert_allclose(batched[0], single[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(batched[1], single[1], rtol=1e-4, atol=1e-4)
     assert batched[2] == single[2]
-
-
-def test_context_positions_skip_the_sink_and_the_last_token():
-    from bitlens.experiments.icl import context_positions
-
-    drawn = context_positions(40, 8, (0, 1, 5))
-    assert len(drawn) == 8 and list(drawn) == sorted(set(drawn)) and drawn.min() >= 1 and drawn.max() <= 38
-    assert np.array_equal(drawn, context_positions(40, 8, (0, 1, 5)))  # seeded by (seed, k, prompt)
-    assert not np.array_equal(drawn, context_positions(40, 8, (0, 1, 6)))
-    assert list(context_positions(5, 8, (0,))) == [1, 2, 3]  # short prompt: every inner token
-
-
-def test_context_states_do_not_depend_on_batching():
-    from bitlens.experiments.icl import label_token_ids, last_token_states
-    from bitlens.data.models import load_model
-
-    lm = load_model(tiny_model_dir())
-    task = toy_task()
-    queries, pool = split_task(task, 8, seed=0)
-    texts = [p.text for p in make_prompts(task, queries, pool, 2, seed=0)]
-    ids = label_token_ids(lm.tokenizer, task.labels)
-    batched = last_token_states(lm, texts, [1, 4], ids, batch=4, context=5, seed=(0, 2))
-    single = last_token_states(lm, texts, [1, 4], ids, batch=1, context=5, seed=(0, 2))
-    key = lambda s: np.lexsort((s.context[:, 0, 0], s.context_prompt))  # noqa: E731  (rows by prompt, then value)
-    assert len(batched.context) == 5 * len(texts) and batched.context.dtype == np.float16
-    np.testing.assert_array_equal(batched.context_prompt[key(batched)], single.context_prompt[key(single)])
-    np.testing.assert_allclose(batched.context[key(batched)].astype(np.float32),
-                               single.context[key(single)].astype(np.float32), rtol=2e-3, atol=2e-3)
-    # the context rows are states of the prompts' own tokens, none of them the last one
-    last = batched.last[:, 1]
-    assert not any(np.allclose(row, last[p], atol=1e-3) for row, p in zip(batched.context[:, 1], batched.context_prompt))
-
-
-def test_icl_fit_on_context_holds_out_whole_queries(tmp_path, monkeypatch):
-    from bitlens.cli.main import main
-
-    monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
-    out = tmp_path / "icl"
-    args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,2", "--n-queries", "20",
-            "--layers", "2", "--steps", "10", "--batch-size", "16", "--fit-on", "context", "--context-tokens", "4",
-            "--out", str(out), "--no-progress"]
-    assert main(args) == 0
-    summary = json.loads((out / "icl.json").read_text())
-    assert summary["fit_on"] == "context" and summary["context_tokens"] == 4
-    row = summary["tasks"]["spam"]["layers"][0]
-    assert row["val_rows"] == 2 * 2  # a tenth of 20 queries, at each of the 2 ks
-    held = torch.randperm(20, generator=torch.Generator().manual_seed(0))[:2].numpy()  # the split of --seed 0
-    prompts = np.concatenate([np.load(out / "spam" / f"context4_prompt_k{k}.npy") for k in (0, 2)])
-    assert len(prompts) == 2 * 20 * 4  # every toy prompt has more than 4 inner tokens
-    trained_context = int((~np.isin(prompts, held)).sum()) - row["context_rows_dropped"]
-    assert row["train_rows"] == 2 * 18 + trained_context and trained_context > 100
-    assert (out / "spam" / "bae_context4_layer_02" / "result.json").is_file()
-    assert all(c["entropy_bits"] >= 0 for c in row["curve"])
-    # the states of the last-token fit are reused, the context ones are drawn once and then reused too
-    context = out / "spam" / "context4_k2.npy"
-    before = context.stat().st_mtime_ns
-    assert main(args) == 0 and context.stat().st_mtime_ns == before

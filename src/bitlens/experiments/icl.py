@@ -12,14 +12,6 @@ prompts per k a BAE per k would be fitted to a few hundred vectors and its entro
 The paper does not say which it did (per-position BAEs for ICL; details unknown). Every k uses the same number of
 prompts, so the small-sample bias of the estimate is the same along the curve.
 
-What each BAE trains on (``--fit-on``): ``last``, the last-token states of the training prompts, one per prompt.
-With a few hundred prompts a code of 4d units fits them and ends far above its target on held-out prompts (tenth
-session: 12 of 12 at FVU 0.13-0.58 for a target of 0.2 with 256 queries). ``context`` adds the states of
-``--context-tokens`` other tokens of every training prompt (drawn without position 0, the attention sink, and
-without rows above 10x the layer's median norm), some 30x more rows; the split is then by query, so no held-out
-query's tokens are trained on at any k, and the target is held on the held-out queries' last-token states. The
-entropies are always those of the last token.
-
 Resume: the states and logits of each (task, k) are saved as .npy files once computed; finished BAEs are not redone.
 """
 
@@ -29,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +29,6 @@ from tqdm.auto import tqdm
 
 from ..config import Serializable
 from ..data.icl_tasks import TaskName
-from ..data.sources import TensorRows
 from ..io import BitlensError, atomic_path, write_json, write_manifest
 from ..training.config import DEFAULT_TARGET_FVU, llm_loss
 from .unit_bae import UnitTraining, fit_unit
@@ -65,12 +56,6 @@ class ICLConfig(Serializable):
     """Each example's text is cut to this many characters (at a word boundary)."""
     steps: int = 300
     """Training steps of each (task, layer) BAE."""
-    fit_on: Literal["last", "context"] = "last"
-    """Rows each (task, layer) BAE trains on: last = the training prompts' last-token states (one per prompt);
-    context = also context_tokens other tokens of each training prompt, split by query (see README, entropy icl).
-    The entropies are those of the last token either way."""
-    context_tokens: int = 32
-    """With fit_on context: tokens drawn from each prompt (without position 0, the attention sink), at every k."""
     expansion: int = 4
     """Code size d' = expansion * d of each (task, layer) BAE. It trains on only len(ks) * n_queries states (90% of
     them), so a code wider than that sample fits the training prompts, and its FVU on the held-out prompts can stay
@@ -93,9 +78,8 @@ class ICLConfig(Serializable):
 
     def __post_init__(self) -> None:
         if (self.n_queries < 4 or self.steps < 1 or self.forward_batch < 1 or self.max_chars < 20
-                or self.expansion < 1 or self.context_tokens < 1):
-            raise ValueError("n_queries must be >= 4, steps, expansion, context_tokens and forward_batch >= 1, "
-                             "max_chars >= 20")
+                or self.expansion < 1):
+            raise ValueError("n_queries must be >= 4, steps, expansion and forward_batch >= 1, max_chars >= 20")
 
     def k_list(self) -> list[int]:
         ks = sorted(set(self.ks))
@@ -121,38 +105,15 @@ def label_token_ids(tokenizer, labels: list[str]) -> list[int]:
     return ids
 
 
-class PromptStates(NamedTuple):
-    last: np.ndarray
-    """Hidden states of each prompt's last token at the layers, float32 [n, layers, d]."""
-    logits: np.ndarray
-    """Next-token logits of the label words' first tokens there, float32 [n, n_labels]."""
-    last_tokens: list[str]
-    """Each prompt's decoded last token."""
-    context: np.ndarray
-    """States of other tokens of the prompts, float16 [m, layers, d] (m = 0 unless asked for)."""
-    context_prompt: np.ndarray
-    """Prompt (input order) of each context row, int64 [m]."""
-
-
-def context_positions(length: int, count: int, seed: Sequence[int]) -> np.ndarray:
-    """``count`` positions (sorted) of a prompt of ``length`` tokens, drawn without replacement from 1 .. length - 2:
-    not 0, the attention sink, nor the last token, whose state is read separately. All of them when fewer."""
-    candidates = np.arange(1, max(1, length - 1))
-    if len(candidates) <= count:
-        return candidates
-    return np.sort(np.random.default_rng(list(seed)).choice(candidates, count, replace=False))
-
-
 @torch.no_grad()
 def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[int], batch: int,
-                      progress: bool = False, context: int = 0, seed: Sequence[int] = (0,)) -> PromptStates:
-    """Hidden states of each prompt's last token at ``layers``, the next-token logits of ``label_ids`` there, the
-    decoded last tokens, and (``context`` > 0) the states of up to ``context`` other tokens per prompt, drawn with
-    the generator seeded by ``(*seed, prompt index)`` so that they do not depend on the batching."""
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Hidden states of each prompt's last token at ``layers`` (float32 [n, len(layers), d]), the next-token logits
+    of ``label_ids`` there (float32 [n, n_labels]) and the decoded last tokens."""
     tok = lm.tokenizer
     base = lm.model.base_model
     head = lm.model.get_output_embeddings()
-    states, logits, last_tokens, ctx, ctx_prompt = [], [], [], [], []
+    states, logits, last_tokens = [], [], []
     # batches of similar lengths waste little on padding; results go back to the input order at the end
     order = np.argsort([len(t) for t in texts], kind="stable")
     for start in tqdm(range(0, len(texts), batch), desc="prompts", disable=not progress, leave=False):
@@ -165,51 +126,8 @@ def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[i
         final = out.last_hidden_state[rows, last]
         logits.append(head(final)[:, label_ids].float().cpu())
         last_tokens.extend(tok.convert_ids_to_tokens(ids[rows, last].tolist()))
-        if context:
-            for j, prompt in enumerate(order[start:start + batch]):
-                at = torch.from_numpy(context_positions(int(last[j]) + 1, context, (*seed, int(prompt))))
-                ctx.append(torch.stack([out.hidden_states[layer][j, at.to(ids.device)] for layer in layers], 1)
-                           .half().cpu())
-                ctx_prompt.append(np.full(len(at), prompt, dtype=np.int64))
     back = np.argsort(order)
-    d = states[0].shape[-1] if states else 0
-    context_rows = torch.cat(ctx).numpy() if ctx else np.zeros((0, len(layers), d), np.float16)
-    return PromptStates(torch.cat(states).numpy()[back], torch.cat(logits).numpy()[back],
-                        [last_tokens[i] for i in back], context_rows,
-                        np.concatenate(ctx_prompt) if ctx_prompt else np.zeros(0, np.int64))
-
-
-def _no_context(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros((0, *last.shape[1:]), np.float16), np.zeros(0, np.int64)
-
-
-SINK_NORM_RATIO = 10.0
-"""Context rows whose norm exceeds this multiple of the layer's median are left out (attention sinks and other
-massive activations, as every store-based command does; ``bitlens.data.store``)."""
-
-
-def context_split(per_k: dict[int, PromptStates], ks: list[int], li: int, seed: int,
-                  val_fraction: float = 0.1) -> tuple[TensorRows, TensorRows, int]:
-    """(train, validation, context rows dropped) for layer index ``li`` with fit_on context: a seeded tenth of the
-    queries is held out at every k; validation = their last-token states; training = the other queries' last-token
-    and context states (context rows above ``SINK_NORM_RATIO`` x the median norm left out)."""
-    n = len(per_k[ks[0]].last)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    held = np.zeros(n, bool)
-    held[perm[:max(1, int(round(n * val_fraction)))]] = True
-    if held.all() or n < 2:
-        raise BitlensError(f"only {n} queries: need at least 2 to hold some out")
-    last = [per_k[k].last[:, li] for k in ks]
-    ctx = np.concatenate([per_k[k].context[:, li] for k in ks]).astype(np.float32)
-    ctx_held = np.concatenate([held[per_k[k].context_prompt] for k in ks])
-    norms = np.linalg.norm(ctx, axis=1)
-    massive = norms > SINK_NORM_RATIO * np.median(norms) if len(norms) else np.zeros(0, bool)
-    train = np.concatenate([x[~held] for x in last] + [ctx[~ctx_held & ~massive]])
-    val = np.concatenate([x[held] for x in last])
-    # in random order: a source's first rows stand for all of it (the start sample, the pruning rows)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-    return (TensorRows(torch.from_numpy(np.ascontiguousarray(train)), order),
-            TensorRows(torch.from_numpy(np.ascontiguousarray(val))), int((massive & ~ctx_held).sum()))
+    return torch.cat(states).numpy()[back], torch.cat(logits).numpy()[back], [last_tokens[i] for i in back]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -233,16 +151,11 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
         queries, pool = split_task(task, cfg.n_queries, cfg.seed)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        per_k: dict[int, PromptStates] = {}
-        context = cfg.context_tokens if cfg.fit_on == "context" else 0
+        per_k: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k in ks:
             states_file, logits_file = folder / f"states_k{k}.npy", folder / f"label_logits_k{k}.npy"
-            # the count is in the name: files drawn with another count are never read as these
-            context_files = [folder / f"context{context}_k{k}.npy", folder / f"context{context}_prompt_k{k}.npy"]
-            needed = [states_file, logits_file] + (context_files if context else [])
-            if all(f.is_file() for f in needed):
-                arrays = [np.load(f, allow_pickle=False) for f in needed]
-                per_k[k] = PromptStates(arrays[0], arrays[1], [], *(arrays[2:] if context else _no_context(arrays[0])))
+            if states_file.is_file() and logits_file.is_file():
+                per_k[k] = (np.load(states_file, allow_pickle=False), np.load(logits_file, allow_pickle=False))
                 continue
             if lm is None:
                 lm = load_model(cfg.model, device=cfg.device)
@@ -256,41 +169,31 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
             prompts = make_prompts(task, queries, pool, k, cfg.seed, cfg.fixed_demonstrations)
             label_ids = label_token_ids(lm.tokenizer, task.labels)
             log.info("%s: k=%d, %d prompts", name, k, len(prompts))
-            got = last_token_states(lm, [p.text for p in prompts], layers, label_ids, cfg.forward_batch,
-                                    cfg.progress, context=context, seed=(cfg.seed, k))
-            states, logits, last_tokens = got.last, got.logits, got.last_tokens
+            states, logits, last_tokens = last_token_states(lm, [p.text for p in prompts], layers, label_ids,
+                                                            cfg.forward_batch, cfg.progress)
             write_json(folder / f"prompts_k{k}.json", {
                 "k": k, "labels": task.labels, "label_token_ids": label_ids, "layers": layers,
                 "last_tokens": sorted(set(last_tokens)),
                 "prompts": [{"query": p.query, "label": p.label, "demonstrations": p.demonstrations, "text": p.text}
                             for p in prompts]})
             _save_npy(logits_file, logits)
-            if context:
-                _save_npy(context_files[0], got.context)
-                _save_npy(context_files[1], got.context_prompt)
             _save_npy(states_file, states)  # written last: its presence marks (task, k) as done
-            per_k[k] = got
+            per_k[k] = (states, logits)
         layers = json.loads((folder / f"prompts_k{ks[0]}.json").read_text())["layers"]
-        if any(per_k[k].last.shape[1] != len(layers) for k in ks):
+        if any(per_k[k][0].shape[1] != len(layers) for k in ks):
             raise BitlensError(f"{folder}: saved states have other layers than {layers}; use a new output folder")
         truth = np.array([task.labels.index(q.label) for q in queries])
-        accuracy = [{"k": k, "accuracy": float((per_k[k].logits.argmax(1) == truth).mean())} for k in ks]
+        accuracy = [{"k": k, "accuracy": float((per_k[k][1].argmax(1) == truth).mean())} for k in ks]
         acc_by_k = {a["k"]: a["accuracy"] for a in accuracy}
         how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
                            device=cfg.device, target_fvu=cfg.target_fvu)
         layer_rows = []
         for li, layer in enumerate(tqdm(layers, desc=f"{name}: BAEs", unit="layer", disable=not cfg.progress)):
-            pooled = torch.from_numpy(np.concatenate([per_k[k].last[:, li] for k in ks]))
-            if context:
-                train, val, dropped = context_split(per_k, ks, li, cfg.seed)
-                unit = folder / f"bae_context{context}_layer_{layer:02d}"
-            else:
-                (train, val), dropped = split_rows(pooled, 0.1, cfg.seed), 0
-                unit = folder / f"bae_layer_{layer:02d}"
-            sets = {f"k_{k}": torch.from_numpy(np.ascontiguousarray(per_k[k].last[:, li])) for k in ks}
-            result = fit_unit(unit, train, val, how, sets,
-                              inputs={"task": name, "layer": layer, "ks": ks, "fit_on": cfg.fit_on,
-                                      "context_tokens": context or None})
+            pooled = torch.from_numpy(np.concatenate([per_k[k][0][:, li] for k in ks]))
+            train, val = split_rows(pooled, 0.1, cfg.seed)
+            sets = {f"k_{k}": torch.from_numpy(np.ascontiguousarray(per_k[k][0][:, li])) for k in ks}
+            result = fit_unit(folder / f"bae_layer_{layer:02d}", train, val, how, sets,
+                              inputs={"task": name, "layer": layer, "ks": ks})
             curve = [{"k": k, "entropy_bits": result[f"k_{k}"]["entropy_bits"],
                       "entropy_bits_corrected": result[f"k_{k}"]["entropy_bits_corrected"],
                       "entropy_bits_ci95": result[f"k_{k}"].get("entropy_bits_ci95"),  # None: a unit made before
@@ -298,13 +201,11 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
             layer_rows.append({"layer": layer, "curve": curve, "fvu": result["fvu"], "l0": result["l0"],
                                "target_fvu": result.get("target_fvu"), "dead": result.get("dead"),
                                "d_prime": cfg.expansion * pooled.shape[1], "train_rows": result.get("train_rows"),
-                               "val_rows": result.get("val_rows"), "fit_on": cfg.fit_on,
-                               "context_rows_dropped": dropped if context else None})
+                               "val_rows": result.get("val_rows")})
         tasks_out[name] = {"labels": task.labels, "source": task.source, "n_queries": len(queries),
                            "pool_size": len(pool), "input_prefix": task.input_prefix,
                            "label_prefix": task.label_prefix, "accuracy": accuracy, "layers": layer_rows}
-    summary = {"model": cfg.model, "ks": ks, "tasks": tasks_out, "bae": "one per (task, layer), shared by all k",
-               "fit_on": cfg.fit_on, "context_tokens": cfg.context_tokens if cfg.fit_on == "context" else None}
+    summary = {"model": cfg.model, "ks": ks, "tasks": tasks_out, "bae": "one per (task, layer), shared by all k"}
     write_json(out / "icl.json", summary)
     plot_icl(tasks_out, out / "icl.png")
     return summary
