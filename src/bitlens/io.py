@@ -176,6 +176,21 @@ def write_manifest(run_dir: str | Path, *, command: str, config: dict[str, Any],
     return path
 
 
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """The tensors of a .safetensors file, checked first (``safetensors_header``): a missing, truncated or damaged
+    file raises ``BitlensError("<path>: ...")``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise BitlensError(f"{path}: missing")
+    safetensors_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged data
+        raise BitlensError(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def safetensors_header(path: str | Path) -> dict[str, tuple[str, list[int]]]:
     """``{name: (dtype, shape)}`` from a .safetensors file's header, checked against the file's size without
     reading the tensors: a truncated or damaged file raises ``BitlensError("<path>: ...")``."""

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..coders.registry import save_coder
-from ..io import BitlensError, atomic_dir, read_json_object, safetensors_header, write_json
+from ..io import BitlensError, atomic_dir, load_safetensors, read_json_object, write_json
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,11 +77,4 @@ def load_trainer_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, to
     opt = state["optimizer"]
     if not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
         raise BitlensError(f"{file}: optimizer must hold param_groups (a list) and scalars (an object)")
-    weights = folder / "optimizer.safetensors"
-    if not weights.is_file():
-        raise BitlensError(f"{weights}: missing")
-    safetensors_header(weights)
-    try:
-        return state, load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for damaged data
-        raise BitlensError(f"{weights}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return state, load_safetensors(folder / "optimizer.safetensors")

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..io import BitlensError
+from ..io import BitlensError, load_safetensors
 
 FILE = "best_feasible.safetensors"
 
@@ -87,10 +87,7 @@ class BestFeasible:
             best = Candidate(int(state["step"]), float(state["fvu"]), float(state["entropy_bits"]))
         except (KeyError, TypeError, ValueError) as e:
             raise BitlensError(f"{folder / 'trainer_state.json'}: best_feasible: not a kept evaluation ({e})") from None
-        try:
-            weights = load_file(str(file))
-        except Exception as e:  # a missing or damaged file (safetensors raises its own error types)
-            raise BitlensError(f"{file}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        weights = load_safetensors(file)
         expected = model.state_dict()
         if {k: tuple(v.shape) for k, v in weights.items()} != {k: tuple(v.shape) for k, v in expected.items()}:
             raise BitlensError(f"{file}: does not fit the model (other tensor names or shapes)")
