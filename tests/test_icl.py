@@ -141,3 +141,64 @@ def test_last_token_states_do_not_depend_on_batching():
     np.testing.assert_allclose(batched[0], single[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(batched[1], single[1], rtol=1e-4, atol=1e-4)
     assert batched[2] == single[2]
+
+
+def test_label_prefix_ends_point_just_past_each_demonstration_label_prefix():
+    from bitlens.data.icl_tasks import label_prefix_ends
+
+    task = toy_task()
+    queries, pool = split_task(task, 8, seed=0)
+    for prompt in make_prompts(task, queries, pool, 4, seed=1):
+        ends = label_prefix_ends(task, [pool[i] for i in prompt.demonstrations])
+        assert len(ends) == 4
+        for end, i in zip(ends, prompt.demonstrations):
+            assert prompt.text[:end].endswith(f"{pool[i].text} topic:") and prompt.text[end:].startswith(" ")
+
+
+def test_demonstration_states_are_the_states_of_the_prompt_cut_there():
+    """A causal model's state at a demonstration's label prefix is the last-token state of the prompt cut just
+    after it: so these rows are the query's token, seen after fewer demonstrations."""
+    from bitlens.data.icl_tasks import label_prefix_ends
+    from bitlens.data.models import load_model
+    from bitlens.experiments.icl import label_token_ids, last_token_states
+
+    lm = load_model(tiny_model_dir())
+    task = toy_task()
+    queries, pool = split_task(task, 8, seed=0)
+    prompts = make_prompts(task, queries, pool, 3, seed=0)
+    marks = [label_prefix_ends(task, [pool[i] for i in p.demonstrations]) for p in prompts]
+    ids = label_token_ids(lm.tokenizer, task.labels)
+    batched = last_token_states(lm, [p.text for p in prompts], [1, 4], ids, batch=4, marks=marks)
+    single = last_token_states(lm, [p.text for p in prompts], [1, 4], ids, batch=1, marks=marks)
+    assert len(batched.marked) == 3 * len(prompts) and batched.marked_tokens == batched.last_tokens[:1]
+    np.testing.assert_array_equal(batched.marked_prompt, np.repeat(np.arange(len(prompts)), 3))
+    np.testing.assert_allclose(batched.marked, single.marked, rtol=1e-4, atol=1e-4)
+    cut = [p.text[:end] for p, ends in zip(prompts, marks) for end in ends]
+    truth = last_token_states(lm, cut, [1, 4], ids, batch=4)
+    np.testing.assert_allclose(single.marked, truth.last, rtol=1e-4, atol=1e-4)
+    assert not last_token_states(lm, [p.text for p in prompts], [1], ids, batch=4).marked.size  # none asked
+
+
+def test_icl_fit_on_demonstrations_holds_out_whole_queries(tmp_path, monkeypatch):
+    from bitlens.cli.main import main
+
+    monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
+    out = tmp_path / "icl"
+    args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,2,4", "--n-queries",
+            "20", "--layers", "2", "--steps", "10", "--batch-size", "16", "--fit-on", "demonstrations",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "icl.json").read_text())
+    assert summary["fit_on"] == "demonstrations"
+    row = summary["tasks"]["spam"]["layers"][0]
+    assert row["val_rows"] == 2 * 3  # a tenth of 20 queries, at each of the 3 ks
+    assert row["train_rows"] == 18 * 3 + 18 * (0 + 2 + 4)  # their last tokens + every demonstration's label prefix
+    prompts = [np.load(out / "spam" / f"demonstration_prompt_k{k}.npy") for k in (0, 2, 4)]
+    assert [len(p) for p in prompts] == [0, 40, 80]
+    assert (out / "spam" / "bae_demonstrations_layer_02" / "result.json").is_file()
+    last = json.loads((out / "spam" / "prompts_k4.json").read_text())
+    assert last["demonstration_tokens"] == last["last_tokens"]  # the same token as the query's
+    # the saved states are reused on a rerun
+    saved = out / "spam" / "demonstration_states_k2.npy"
+    before = saved.stat().st_mtime_ns
+    assert main(args) == 0 and saved.stat().st_mtime_ns == before

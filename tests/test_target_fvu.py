@@ -193,6 +193,20 @@ def test_planted_families_have_their_stated_entropy_and_noise_floor(family, feat
         planted_code("superposed", 100, 16, 16)
 
 
+def test_noisy_family_keeps_its_noise_floor_at_every_dimension():
+    """The noise is fixed in total variance, not per coordinate: d = 64 keeps std 0.05 (the data of earlier runs),
+    and the floor at d = 512 is the floor at d = 64 (with std 0.05 per coordinate it was 0.39 instead of 0.074)."""
+    small, large = planted_code("noisy", 4000, 64, 8, seed=1), planted_code("noisy", 4000, 512, 8, seed=1)
+    assert small.noise_fvu == pytest.approx(large.noise_fvu) == pytest.approx(0.16 / (8 * 0.25 + 0.16))
+    g = torch.Generator().manual_seed(1)  # d = 64: the same draws as the former std 0.05 per coordinate
+    directions = torch.randn(8, 64, generator=g)
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    c = (torch.rand(4000, 8, generator=g) < 0.5).float()
+    assert torch.allclose(small.x, c @ directions + 0.05 * torch.randn(4000, 64, generator=g), atol=1e-6)
+    explicit = planted_code("noisy", 4000, 512, 8, seed=1, noise=0.05)  # --noise still sets the std per coordinate
+    assert explicit.noise_fvu == pytest.approx(512 * 0.0025 / (2 + 512 * 0.0025))
+
+
 def test_synth_cli_family_writes_target_and_truth(tmp_path, capsys):
     rc = main(["synth", "--family", "nonuniform", "--bits", "3", "--dim", "8", "--rows", "2048", "--steps", "60",
                "--batch-size", "256", "--no-progress", "--out", str(tmp_path / "s")])

@@ -229,6 +229,17 @@ def build_prompt(task: ICLTask, demonstrations: Sequence[Example], query: Exampl
     return "\n".join(lines)
 
 
+def label_prefix_ends(task: ICLTask, demonstrations: Sequence[Example]) -> list[int]:
+    """Character offset just past each demonstration's label prefix in ``build_prompt``'s text (the place of the
+    prompt's last token, the query's label prefix, within each demonstration)."""
+    ends, start = [], 0
+    for d in demonstrations:
+        line = task.format_line(d.text, d.label)
+        ends.append(start + len(line) - len(d.label) - 1)
+        start += len(line) + 1  # the newline
+    return ends
+
+
 def make_prompts(task: ICLTask, queries: Sequence[Example], pool: Sequence[Example], k: int, seed: int,
                  fixed_demonstrations: bool = False) -> list[Prompt]:
     """One prompt per query with k demonstrations (see the module docstring for the sampling)."""

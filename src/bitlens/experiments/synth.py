@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..coders.bae import BAEConfig
 from ..config import Serializable
 from ..data.sources import split_rows
-from ..data.synthetic import FAMILY_RATES, bernoulli_bits, planted_code
+from ..data.synthetic import FAMILY_RATES, bernoulli_bits, noisy_std, planted_code
 from ..io import BitlensError, write_json, write_manifest
 from .plots import plot_synth
 from ..training.config import LossConfig, TrainConfig, synth_loss
@@ -36,7 +36,8 @@ class SynthConfig(Serializable):
     family: Literal["fair", "nonuniform", "superposed", "noisy"] = "fair"
     """Planted code: fair (r fair bits), nonuniform (rates 5-50%), superposed (r > d rare features, rates
     0.5-5%; its own defaults: 131,072 rows, init topk, target FVU 0.01 above the floor held on the held-out rows),
-    noisy (fair bits + Gaussian noise of std 0.05 unless --noise is given)."""
+    noisy (fair bits + Gaussian noise of total variance 0.16, i.e. std 0.4 / sqrt(dim) per coordinate, 0.05 at
+    d = 64, unless --noise is given; its floor FVU is then the same at every d)."""
     bits: list[int] = field(default_factory=list)
     """Numbers of planted bits r (one BAE each); none = the family's default (fair and noisy 2,4,6,8,10,12;
     nonuniform 8,16,32; superposed 2 * dim)."""
@@ -47,7 +48,8 @@ class SynthConfig(Serializable):
     131,072 for superposed, whose rarest features fire on 0.5% of rows: on 16,384 rows the BAE fits their
     thresholds to the training rows (held-out FVU 3-4x the training FVU)."""
     noise: float = -1.0
-    """Std of Gaussian noise added to each coordinate; -1 = the family's (0.05 for noisy, 0 otherwise)."""
+    """Std of Gaussian noise added to each coordinate; -1 = the family's (noisy: 0.4 / sqrt(dim), a total noise
+    variance of 0.16 at every d; the other families: 0)."""
 
     def row_count(self) -> int:
         return self.rows or DEFAULT_ROWS.get(self.family, 16384)
@@ -123,6 +125,8 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
                "max_fvu_above_floor": max(r["fvu"] - r["floor_fvu"] for r in results),
                "target_fvu_above_floor": loss.target_fvu,
                "rates": FAMILY_RATES[synth.family],
+               "noise_std": synth.noise if synth.noise >= 0 else (noisy_std(synth.dim) if synth.family == "noisy"
+                                                                  else 0.0),
                "settings": {"synth": synth.to_dict(), "bae": bae.to_dict(), "train": train.to_dict(),
                             "loss": loss.to_dict()}}
     write_json(out / "synth.json", summary)
