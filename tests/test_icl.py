@@ -92,8 +92,8 @@ def test_icl_analysis_on_a_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
     out = tmp_path / "icl"
     args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,1,2",
-            "--n-queries", "16", "--layers", "1", "4", "--steps", "10", "--batch-size", "16", "--out", str(out),
-            "--no-progress"]
+            "--n-queries", "16", "--layers", "1", "4", "--steps", "10", "--batch-size", "16", "--fit-on", "last",
+            "--out", str(out), "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "icl.json").read_text())
     task = summary["tasks"]["spam"]
@@ -185,8 +185,7 @@ def test_icl_fit_on_demonstrations_holds_out_whole_queries(tmp_path, monkeypatch
     monkeypatch.setattr(icl_tasks, "load_task", lambda name, max_chars=200, cache=None: toy_task())
     out = tmp_path / "icl"
     args = ["entropy", "icl", "--model", str(tiny_model_dir()), "--tasks", "spam", "--ks", "0,2,4", "--n-queries",
-            "20", "--layers", "2", "--steps", "10", "--batch-size", "16", "--fit-on", "demonstrations",
-            "--out", str(out), "--no-progress"]
+            "20", "--layers", "2", "--steps", "10", "--batch-size", "16", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "icl.json").read_text())
     assert summary["fit_on"] == "demonstrations"

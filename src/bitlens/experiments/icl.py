@@ -58,22 +58,24 @@ class ICLConfig(Serializable):
     """Tasks: spam (SpamAssassin), party (State of the Union, Democratic/Republican), source (SOTU vs Moby-Dick)."""
     ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     """Numbers of demonstrations."""
-    n_queries: int = 128
-    """Queries per task (balanced across labels); every k uses the same queries."""
+    n_queries: int = 256
+    """Queries per task (balanced across labels); every k uses the same queries. Each BAE is checked on a tenth of
+    them: 256 (the measured setting; about 30 min of forward passes for 2 tasks on 2 CPU cores) holds out 26."""
     layers: list[int] = field(default_factory=list)
     """Layers whose last-token state is analysed (default: every fifth layer, 5, 10, ...)."""
     max_chars: int = 200
     """Each example's text is cut to this many characters (at a word boundary)."""
     steps: int = 300
     """Training steps of each (task, layer) BAE."""
-    fit_on: Literal["last", "demonstrations"] = "last"
-    """Rows each (task, layer) BAE trains on: last = the training prompts' last-token states (one per prompt);
-    demonstrations = also the state at the end of every demonstration's label prefix (the same token as the last
-    one), split by query (see README, entropy icl). The entropies are those of the last token either way."""
+    fit_on: Literal["last", "demonstrations"] = "demonstrations"
+    """Rows each (task, layer) BAE trains on: demonstrations = the training queries' last-token states and the state
+    at the end of every demonstration's label prefix (the same token), split by query; last = the last-token states
+    alone, split by prompt (256 queries: 0 of 12 BAEs within 0.01 of the target, against 7 of 12; README, entropy
+    icl). The entropies are those of the last token either way."""
     expansion: int = 4
-    """Code size d' = expansion * d of each (task, layer) BAE. It trains on only len(ks) * n_queries states (90% of
-    them), so a code wider than that sample fits the training prompts, and its FVU on the held-out prompts can stay
-    far above the target (see README, entropy icl)."""
+    """Code size d' = expansion * d of each (task, layer) BAE. It trains on a few thousand states at most (90% of
+    the queries' last tokens and demonstrations), so a wide code can fit the training prompts and end above its
+    target on the held-out ones (see README, entropy icl)."""
     target_fvu: float = DEFAULT_TARGET_FVU
     """Target FVU of every BAE (minimum entropy subject to FVU <= F, by dual ascent), so all bits are read at one
     stated reconstruction; 0 = the fixed weights 1 / 100."""
