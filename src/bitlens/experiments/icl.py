@@ -12,13 +12,13 @@ prompts per k a BAE per k would be fitted to a few hundred vectors and its entro
 The paper does not say which it did (per-position BAEs for ICL; details unknown). Every k uses the same number of
 prompts, so the small-sample bias of the estimate is the same along the curve.
 
-What each BAE trains on (``--fit-on``): ``last``, the last-token states of the training prompts, one per prompt.
-With a few hundred prompts a code of 4d units fits them and ends far above its target on held-out prompts (tenth
-session: 12 of 12 at FVU 0.13-0.58 for a target of 0.2 with 256 queries). ``demonstrations`` adds the state of the
-same token inside every demonstration: the end of its label prefix, the token the query's state is read at, seen
-after 0 .. k-1 earlier demonstrations (15 more rows per query over k = 0, 1, 2, 4, 8). The split is then by query,
-so no held-out query's prompt is trained on at any k, and the target is held on the held-out queries' last-token
-states. The entropies are always those of the last token. (Other tokens of the prompts were tried and dropped: a
+What each BAE trains on (``--fit-on``). ``demonstrations`` (default): the last-token states of the training queries
+plus the state of the same token inside every demonstration of their prompts (the end of its label prefix, seen
+after 0 .. k-1 earlier demonstrations; 15 more rows per query over k = 0, 1, 2, 4, 8). The split is by query, so no
+held-out query's prompt is trained on at any k, and the target is held on the held-out queries' last-token states
+(twelfth session: 7 of 12 BAEs within 0.01 of a target of 0.2 with 256 queries). ``last``: the last-token states
+alone, one per prompt, split by prompt; a code of 4d units fits a few hundred of them and ends far above its target
+on held-out prompts (tenth session: 12 of 12 at FVU 0.13-0.58). The entropies are always those of the last token. (Other tokens of the prompts were tried and dropped: a
 code fitted to them spends its bits on the variation between tokens; BENCHMARKS.md, issue 12, eleventh session.)
 
 Resume: the states and logits of each (task, k) are saved as .npy files once computed; finished BAEs are not redone.
@@ -161,8 +161,8 @@ def last_token_states(lm, texts: list[str], layers: list[int], label_ids: list[i
         logits.append(head(final)[:, label_ids].float().cpu())
         last_tokens.extend(tok.convert_ids_to_tokens(ids[rows, last].tolist()))
         for j, prompt in enumerate(chunk if marks else []):
-            ends = enc["offset_mapping"][j, :, 1].tolist()
-            at = [t for t, e in enumerate(ends) if e in set(marks[prompt]) and mask[j, t] and t < last[j]]
+            ends, wanted = enc["offset_mapping"][j, :, 1].tolist(), set(marks[prompt])
+            at = [t for t, e in enumerate(ends) if e in wanted and mask[j, t] and t < last[j]]
             if at:
                 where = torch.tensor(at, device=ids.device)
                 marked.append(torch.stack([out.hidden_states[layer][j, where] for layer in layers], 1).float().cpu())
