@@ -53,10 +53,12 @@ noise, and the BAE coded the noise of its training rows (BENCHMARKS.md, issue 12
 FAMILY_RATES = {"fair": (0.5, 0.5), "noisy": (0.5, 0.5), "nonuniform": (0.05, 0.5), "superposed": (0.005, 0.05)}
 
 
-def noisy_std(dim: int) -> float:
-    """Per-coordinate std of the noisy family's default noise in d = ``dim`` dimensions (total variance
-    ``NOISY_VARIANCE``)."""
-    return math.sqrt(NOISY_VARIANCE / dim)
+def noise_std(family: str, dim: int, noise: float = -1.0) -> float:
+    """Per-coordinate std of the noise a family adds in d = ``dim`` dimensions: ``noise`` when >= 0, else the
+    family's (noisy: total variance ``NOISY_VARIANCE``; the others: none)."""
+    if noise >= 0:
+        return noise
+    return math.sqrt(NOISY_VARIANCE / dim) if family == "noisy" else 0.0
 
 
 def bernoulli_bits(p: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,7 @@ def planted_code(family: str, n: int, dim: int, features: int, seed: int = 0,
                  noise: float = -1.0) -> PlantedCode:
     """Sample n states of a planted-code family (see ``FAMILIES``) with ``features`` planted bits.
 
-    ``noise`` is the std per coordinate; < 0 takes the family's (``noisy_std(dim)`` for noisy, 0 otherwise).
+    ``noise`` is the std per coordinate; < 0 takes the family's (``noise_std``).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
@@ -91,7 +93,7 @@ def planted_code(family: str, n: int, dim: int, features: int, seed: int = 0,
         raise ValueError("n, dim and features must be >= 1")
     if family == "superposed" and features <= dim:
         raise ValueError(f"the superposed family needs more features than dimensions (got {features} <= {dim})")
-    sigma = (noisy_std(dim) if family == "noisy" else 0.0) if noise < 0 else noise
+    sigma = noise_std(family, dim, noise)
     lo, hi = FAMILY_RATES[family]
     rates = torch.logspace(math.log10(lo), math.log10(hi), features) if lo != hi else torch.full((features,), hi)
     g = torch.Generator().manual_seed(seed)

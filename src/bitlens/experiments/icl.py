@@ -18,8 +18,9 @@ after 0 .. k-1 earlier demonstrations; 15 more rows per query over k = 0, 1, 2, 
 held-out query's prompt is trained on at any k, and the target is held on the held-out queries' last-token states
 (twelfth session: 7 of 12 BAEs within 0.01 of a target of 0.2 with 256 queries). ``last``: the last-token states
 alone, one per prompt, split by prompt; a code of 4d units fits a few hundred of them and ends far above its target
-on held-out prompts (tenth session: 12 of 12 at FVU 0.13-0.58). The entropies are always those of the last token. (Other tokens of the prompts were tried and dropped: a
-code fitted to them spends its bits on the variation between tokens; BENCHMARKS.md, issue 12, eleventh session.)
+on held-out prompts (tenth session: 12 of 12 at FVU 0.13-0.58). The entropies are always those of the last token.
+(Other tokens of the prompts were tried and dropped: a code fitted to them spends its bits on the variation between
+tokens; BENCHMARKS.md, issue 12, eleventh session.)
 
 Resume: the states and logits of each (task, k) are saved as .npy files once computed; finished BAEs are not redone.
 """
@@ -186,9 +187,7 @@ def query_split(per_k: dict[int, PromptStates], ks: list[int], li: int, seed: in
     n = len(per_k[ks[0]].last)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     held = np.zeros(n, bool)
-    held[perm[:max(1, int(round(n * val_fraction)))]] = True
-    if held.all() or n < 2:
-        raise BitlensError(f"only {n} queries: need at least 2 to hold some out")
+    held[perm[:max(1, int(round(n * val_fraction)))]] = True  # n_queries >= 4: some queries always train
     train = np.concatenate([per_k[k].last[~held, li] for k in ks]
                            + [per_k[k].marked[~held[per_k[k].marked_prompt], li] for k in ks])
     val = np.concatenate([per_k[k].last[held, li] for k in ks])
@@ -269,9 +268,8 @@ def run_icl(cfg: ICLConfig) -> dict[str, Any]:
         acc_by_k = {a["k"]: a["accuracy"] for a in accuracy}
         how = UnitTraining(steps=cfg.steps, batch_size=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
                            device=cfg.device, target_fvu=cfg.target_fvu)
-        layer_rows = []
+        layer_rows, d = [], per_k[ks[0]].last.shape[-1]
         for li, layer in enumerate(tqdm(layers, desc=f"{name}: BAEs", unit="layer", disable=not cfg.progress)):
-            d = per_k[ks[0]].last.shape[-1]
             if demos:
                 train, val = query_split(per_k, ks, li, cfg.seed)
                 unit = folder / f"bae_demonstrations_layer_{layer:02d}"

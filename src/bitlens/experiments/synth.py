@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..coders.bae import BAEConfig
 from ..config import Serializable
 from ..data.sources import split_rows
-from ..data.synthetic import FAMILY_RATES, bernoulli_bits, noisy_std, planted_code
+from ..data.synthetic import FAMILY_RATES, bernoulli_bits, noise_std, planted_code
 from ..io import BitlensError, write_json, write_manifest
 from .plots import plot_synth
 from ..training.config import LossConfig, TrainConfig, synth_loss
@@ -125,8 +125,7 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
                "max_fvu_above_floor": max(r["fvu"] - r["floor_fvu"] for r in results),
                "target_fvu_above_floor": loss.target_fvu,
                "rates": FAMILY_RATES[synth.family],
-               "noise_std": synth.noise if synth.noise >= 0 else (noisy_std(synth.dim) if synth.family == "noisy"
-                                                                  else 0.0),
+               "noise_std": noise_std(synth.family, synth.dim, synth.noise),
                "settings": {"synth": synth.to_dict(), "bae": bae.to_dict(), "train": train.to_dict(),
                             "loss": loss.to_dict()}}
     write_json(out / "synth.json", summary)
