@@ -236,3 +236,30 @@ def test_threshold_readout_floor_is_zero_without_superposition_and_positive_with
     sup = planted_code("superposed", 4000, 16, 32, seed=1)
     lossy = threshold_readout(sup.x, sup.codes, steps=200)
     assert 0.005 < lossy.fvu < 0.1 and 0 < lossy.bit_error < 0.01  # measured: 0.0155, 0.0004
+
+
+def test_minibatch_readout_finds_the_full_batch_floor():
+    """Shuffled minibatches (what ``synth`` uses, affordable at d = 512) read the code as well as the full batch."""
+    from bitlens.analysis.readout import threshold_readout
+    from bitlens.data.synthetic import planted_code
+
+    sup = planted_code("superposed", 8000, 16, 32, seed=1)
+    full = threshold_readout(sup.x, sup.codes, steps=200)
+    mini = threshold_readout(sup.x, sup.codes, steps=200, batch_rows=1000)  # 8 passes over the rows
+    assert abs(mini.fvu - full.fvu) < 0.2 * full.fvu and mini.bit_error < 2 * full.bit_error + 1e-4
+    assert not torch.equal(mini.weight, full.weight)  # a different fit, not the full batch under another name
+
+
+def test_readout_decoder_from_normal_equations_is_least_squares_on_the_rows():
+    """The sparse normal equations give the rows' least squares, also with a bit that never fires and a repeated one."""
+    from bitlens.analysis.readout import _least_squares_decoder
+
+    g = torch.Generator().manual_seed(0)
+    read = (torch.rand(3000, 12, generator=g) < 0.1).float()
+    read[:, 3] = 0  # never fires
+    read[:, 7] = read[:, 5]  # the same bit twice
+    x = read @ torch.randn(12, 6, generator=g) + 0.1 * torch.randn(3000, 6, generator=g)
+    design = torch.cat([read, torch.ones(3000, 1)], 1).double()
+    solution = _least_squares_decoder(read, x)
+    expected = torch.linalg.lstsq(design, x.double(), driver="gelsd").solution  # the default gelsy errs here
+    torch.testing.assert_close(design @ solution, design @ expected, rtol=0, atol=1e-9)

@@ -27,6 +27,10 @@ from ..analysis.readout import threshold_readout
 
 DEFAULT_FEATURES = {"fair": "2,4,6,8,10,12", "noisy": "2,4,6,8,10,12", "nonuniform": "8,16,32"}
 DEFAULT_ROWS = {"superposed": 131072}
+READOUT_BATCH_ROWS = 8192
+"""Rows per step of the superposed family's readout fit (``threshold_readout``). Measured on the default code
+(d = 64, r = 128, 117,965 training rows): floor FVU 0.0119 in 2.7 s against 0.0118 in 50 s with the full batch; at
+d = 512 (r = 1024) the full batch took over 15 minutes on 2 cores, the minibatch fit 55 s."""
 
 
 @dataclass
@@ -92,7 +96,8 @@ def run_synth(synth: SynthConfig, out: str | Path, bae: BAEConfig | None = None,
         code = planted_code(synth.family, synth.row_count(), synth.dim, r, seed=seed + r, noise=synth.noise)
         tr, va = split_rows(code.x, train.val_fraction, seed)
         tr_codes, va_codes = split_rows(code.codes, train.val_fraction, seed)  # same permutation: the planted bits
-        readout = threshold_readout(tr.rows(), tr_codes.rows(), seed=seed, held_out=(va.rows(), va_codes.rows())) \
+        readout = threshold_readout(tr.rows(), tr_codes.rows(), seed=seed, held_out=(va.rows(), va_codes.rows()),
+                                     batch_rows=READOUT_BATCH_ROWS) \
             if synth.family == "superposed" else None
         floor = max(code.noise_fvu, readout.fvu) if readout else code.noise_fvu
         target = floor + loss.target_fvu if loss.target_fvu > 0 else 0.0
