@@ -16,11 +16,11 @@ What each BAE trains on (``--fit-on``). ``demonstrations`` (default): the last-t
 plus the state of the same token inside every demonstration of their prompts (the end of its label prefix, seen
 after 0 .. k-1 earlier demonstrations; 15 more rows per query over k = 0, 1, 2, 4, 8). The split is by query, so no
 held-out query's prompt is trained on at any k, and the target is held on the held-out queries' last-token states
-(twelfth session: 7 of 12 BAEs within 0.01 of a target of 0.2 with 256 queries). ``last``: the last-token states
-alone, one per prompt, split by prompt; a code of 4d units fits a few hundred of them and ends far above its target
-on held-out prompts (tenth session: 12 of 12 at FVU 0.13-0.58). The entropies are always those of the last token.
-(Other tokens of the prompts were tried and dropped: a code fitted to them spends its bits on the variation between
-tokens; BENCHMARKS.md, issue 12, eleventh session.)
+(thirteenth session: 12 of 12 BAEs within 0.01 of a target of 0.2 with 512 queries, 7 of 12 with 256).
+``last``: the last-token states alone, one per prompt, split by prompt; a code of 4d units fits a few hundred of
+them and ends far above its target on held-out prompts (tenth session: 12 of 12 at FVU 0.13-0.58). The entropies
+are always those of the last token. (Other tokens of the prompts were tried and dropped: a code fitted to them
+spends its bits on the variation between tokens; BENCHMARKS.md, issue 12, eleventh session.)
 
 Resume: the states and logits of each (task, k) are saved as .npy files once computed; finished BAEs are not redone.
 """
@@ -59,9 +59,10 @@ class ICLConfig(Serializable):
     """Tasks: spam (SpamAssassin), party (State of the Union, Democratic/Republican), source (SOTU vs Moby-Dick)."""
     ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     """Numbers of demonstrations."""
-    n_queries: int = 256
+    n_queries: int = 512
     """Queries per task (balanced across labels); every k uses the same queries. Each BAE is checked on a tenth of
-    them: 256 (the measured setting; about 30 min of forward passes for 2 tasks on 2 CPU cores) holds out 26."""
+    them: 512 (the measured setting: 12 of 12 BAEs within 0.01 of the target, against 7 of 12 with 256; 25 min in
+    all for 2 tasks on a 2-core Xeon, most of it forward passes) holds out 51."""
     layers: list[int] = field(default_factory=list)
     """Layers whose last-token state is analysed (default: every fifth layer, 5, 10, ...)."""
     max_chars: int = 200
