@@ -77,16 +77,28 @@ def eager_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
     return bitlens_step(model, x, dataclasses.replace(cfg, compile=False), variance)
 
 
+SWITCHES = ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
+            "SPARSE_MAX_DENSITY_ROWS_INT8_CPU")
+
+
 def forced(path: str, step=bitlens_step):
     """``step`` with the fast step's path forced (sparse or dense) whatever the density."""
     def run(model, x, cfg, variance):
-        saved = fast_step.SPARSE_MAX_DENSITY, fast_step.SPARSE_MAX_DENSITY_FP32
-        fast_step.SPARSE_MAX_DENSITY = fast_step.SPARSE_MAX_DENSITY_FP32 = 2.0 if path == "sparse" else -1.0
+        saved = {name: getattr(fast_step, name) for name in SWITCHES}
+        for name in SWITCHES:
+            setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
         try:
             return step(model, x, cfg, variance)
         finally:
-            fast_step.SPARSE_MAX_DENSITY, fast_step.SPARSE_MAX_DENSITY_FP32 = saved
+            for name, value in saved.items():
+                setattr(fast_step, name, value)
     return run
+
+
+def auto_path(l0: float, m: int, batch: int, device_type: str) -> str:
+    """The path the library picks for this density in one process (its sparse covariance route included)."""
+    return fast_step.choose_path(l0 / m, device_type=device_type,
+                                 gather=fast_step.gathers_covariance(device_type, m, batch))
 
 
 def floor_step(t: dict[str, torch.Tensor]) -> None:
@@ -180,7 +192,7 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
         errs[name] = (float((fast_loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30)),
                       max(float((fast_grads[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_grads.items()))
     row = {"d": d, "d_prime": m, "batch": batch, "regime": regime, "l0": round(l0, 1),
-           "path": fast_step.choose_path(l0 / m, device_type=x.device.type),
+           "path": auto_path(l0, m, batch, x.device.type),
            "bitlens_ms": round(ms["bitlens"], 2), "eager_ms": round(ms["eager"], 2), "floor_ms": round(ms["floor"], 2),
            "ratio_to_floor": round(ms["bitlens"] / ms["floor"], 3),
            "eager_ratio_to_floor": round(ms["eager"] / ms["floor"], 3),
@@ -210,7 +222,7 @@ def sweep_case(d: int, batch: int, l0_target: float, warmup: int, repeat: int, s
     return {"d": d, "d_prime": m, "batch": batch, "l0": round(l0, 1), "density": round(l0 / m, 5),
             "dense_ms": round(ms["dense"], 2), "sparse_ms": round(ms["sparse"], 2), "floor_ms": round(ms["floor"], 2),
             "dense_ratio": round(ms["dense"] / ms["floor"], 3), "sparse_ratio": round(ms["sparse"] / ms["floor"], 3),
-            "auto_path": fast_step.choose_path(l0 / m, device_type=x.device.type)}
+            "auto_path": auto_path(l0, m, batch, x.device.type)}
 
 
 def machine() -> dict:

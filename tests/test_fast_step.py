@@ -11,6 +11,9 @@ from bitlens.training import fast_step, losses
 from bitlens.training.config import LossConfig
 from bitlens.training.objective import bae_objective, reference_objective
 
+SWITCHES = ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
+            "SPARSE_MAX_DENSITY_ROWS_INT8_CPU")  # every density switch: set all to force a path
+
 # Batch sizes are powers of two or prime: then a covariance that is exactly 0 is also exactly 0 in the float
 # reference (B * mean is exact), so the reference's sign(0) = 0 is well defined and comparable.
 BATCHES = (2, 7, 64)
@@ -108,7 +111,7 @@ def test_objective_equals_reference(monkeypatch, route, path, surrogate, preset)
     if route == "int8_overlap" and path == "dense":
         pytest.skip("the overlap/gather choice is the sparse path's")
     use_route(monkeypatch, route)
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
+    for name in SWITCHES:
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for (b, d, bias), threshold, step in itertools.product([(64, 12, 0.0), (64, 12, -1.5), (7, 5, 0.3), (2, 6, 0.0)],
                                                            [0.0, 3.0, 1e6], [0, 50]):
@@ -138,7 +141,7 @@ def test_objective_equals_reference(monkeypatch, route, path, surrogate, preset)
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_all_bits_off_or_on(monkeypatch, kind, path, route):
     use_route(monkeypatch, route)
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
+    for name in SWITCHES:
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     for b in (2, 16):
         torch.manual_seed(b)
@@ -167,13 +170,16 @@ def test_auto_path_switches_on_density(monkeypatch):
     monkeypatch.setattr(bit_products, "cpu_int8_is_fast", lambda: True)
     assert fast_step.choose_path(0.03) == "sparse"
     assert fast_step.choose_path(0.06) == "dense"
+    assert fast_step.choose_path(0.02, gather=False) == "dense"  # int8 row overlaps: measured to a lower switch
+    assert fast_step.choose_path(0.01, gather=False) == "sparse"
+    assert fast_step.gathers_covariance("cpu", 2304, 512) and not fast_step.gathers_covariance("cpu", 8192, 512)
 
 
 @pytest.mark.parametrize("route", ["fp32", "int8_gather", "int8_overlap"])
 def test_sparse_routes_agree_exactly(monkeypatch, route):
     """Every route computes the same integer covariance, so loss and gradients match the fp32 gather route."""
-    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY", 2.0)
-    monkeypatch.setattr(fast_step, "SPARSE_MAX_DENSITY_FP32", 2.0)
+    for name in SWITCHES:
+        monkeypatch.setattr(fast_step, name, 2.0)
     torch.manual_seed(3)
     model = BinaryAutoencoder(BAEConfig(d_in=16, surrogate="sigmoid"))
     with torch.no_grad():
@@ -194,7 +200,7 @@ def test_sparse_routes_agree_exactly(monkeypatch, route):
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_fast_step_is_deterministic(monkeypatch, path):
     """Bit-exact resume needs the same gradients for the same inputs."""
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32"):
+    for name in SWITCHES:
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
     torch.manual_seed(0)
     model = BinaryAutoencoder(BAEConfig(d_in=24, surrogate="sigmoid"))

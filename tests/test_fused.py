@@ -34,7 +34,8 @@ def compiled(monkeypatch):
 
 
 def _force(monkeypatch, path):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32"):
+    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
+                 "SPARSE_MAX_DENSITY_ROWS_INT8_CPU"):
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
 
 

@@ -44,7 +44,14 @@ from . import losses
 
 SPARSE_MAX_DENSITY = 0.04
 """Use the sparse path when at most this fraction of the bits is on, where the int8 GEMM is fast (CUDA, CPUs with
-AVX-512; measured with bench/train_step.py on an AVX-512 EPYC)."""
+AVX-512) and the sparse covariance comes from gathers. Measured with ``bench/train_step.py --sweep`` on a 2-core
+AVX-512/AMX Xeon (issue 18, thirteenth session): at d' = 2304 the gather path and the dense path cross at 4.3% of
+the bits on. Not measured on a GPU (whose sparse path takes row overlaps)."""
+SPARSE_MAX_DENSITY_ROWS_INT8_CPU = 0.013
+"""The same on int8-fast CPUs where the sparse covariance comes from row overlaps (codes wider than
+``GATHER_MAX_WIDTH_INT8_CPU``, several processes): the excess row pairs grow fast with the density. Measured on the
+same Xeon: the row-overlap and dense paths cross at about 1.4% at d' = 8192 (0.95 vs 1.53 of the GEMM floor at 1.0%,
+1.75 vs 1.52 at 1.5%, 3.6 vs 1.5 at 2.0%) and about 1.5% at d' = 2304."""
 SPARSE_MAX_DENSITY_FP32 = 0.12
 """The same where the bit products run in fp32 (CPUs without AVX-512, ``ops.bit_products``), where the sparse path
 takes the covariance from gathers (``fast_cov.gather_sign_product``). Calibrated with ``bench/train_step.py --sweep``
@@ -81,13 +88,21 @@ path runs on the global batch). Measured with bench/train_step.py at d = 576 on 
 density the dense path took 3.5x the GEMM floor against 4.2x for the row-overlap path; at 3.1%, 5.8x vs 10.4x."""
 
 
+def gathers_covariance(device_type: str, width: int, rows: int) -> bool:
+    """Whether one process's sparse path takes the covariance from gathers of fp32 bits (else from row overlaps):
+    where the bit products are fp32, or on int8-fast CPUs up to ``GATHER_MAX_WIDTH_INT8_CPU`` units, while the
+    batch's pair counts stay exact in fp32."""
+    return rows * rows < EXACT_FP32 and (
+        not int8_gemm_is_fast(device_type) or (device_type == "cpu" and width <= GATHER_MAX_WIDTH_INT8_CPU))
+
+
 def choose_path(density: float, path: str = "auto", device_type: str = "cpu", gather: bool = True) -> str:
-    """dense or sparse for codes with this fraction of bits on; ``gather``: the fp32 sparse path can take the
-    covariance from gathers (one process)."""
+    """dense or sparse for codes with this fraction of bits on; ``gather``: the sparse path would take the
+    covariance from gathers (``gathers_covariance``), else from row overlaps."""
     if path != "auto":
         return path
     if int8_gemm_is_fast(device_type):
-        limit = SPARSE_MAX_DENSITY
+        limit = SPARSE_MAX_DENSITY if gather or device_type != "cpu" else SPARSE_MAX_DENSITY_ROWS_INT8_CPU
     else:
         limit = SPARSE_MAX_DENSITY_FP32 if gather else SPARSE_MAX_DENSITY_ROWS_FP32
     return "sparse" if density <= limit else "dense"
@@ -122,8 +137,7 @@ class _DecoderLosses(torch.autograd.Function):
         d = xn.shape[1]
         # fp32 bits serve the dense path where the bit products are fp32 GEMMs anyway (no int8 copies of h), and the
         # gather path of sparse codes, which is also the faster sparse path on int8-fast CPUs up to a width
-        gather = group is None and rows * rows < EXACT_FP32 and (
-            not int8_gemm_is_fast(hf.device.type) or (hf.device.type == "cpu" and m <= GATHER_MAX_WIDTH_INT8_CPU))
+        gather = group is None and gathers_covariance(hf.device.type, m, rows)
         h8 = None
         if group is None:
             h8_all, lo = None, 0
