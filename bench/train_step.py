@@ -77,15 +77,11 @@ def eager_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
     return bitlens_step(model, x, dataclasses.replace(cfg, compile=False), variance)
 
 
-SWITCHES = ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
-            "SPARSE_MAX_DENSITY_ROWS_INT8_CPU")
-
-
 def forced(path: str, step=bitlens_step):
     """``step`` with the fast step's path forced (sparse or dense) whatever the density."""
     def run(model, x, cfg, variance):
-        saved = {name: getattr(fast_step, name) for name in SWITCHES}
-        for name in SWITCHES:
+        saved = {name: getattr(fast_step, name) for name in fast_step.DENSITY_SWITCHES}
+        for name in fast_step.DENSITY_SWITCHES:
             setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
         try:
             return step(model, x, cfg, variance)

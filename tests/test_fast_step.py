@@ -11,8 +11,7 @@ from bitlens.training import fast_step, losses
 from bitlens.training.config import LossConfig
 from bitlens.training.objective import bae_objective, reference_objective
 
-SWITCHES = ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
-            "SPARSE_MAX_DENSITY_ROWS_INT8_CPU")  # every density switch: set all to force a path
+SWITCHES = fast_step.DENSITY_SWITCHES  # set them all to force a path
 
 # Batch sizes are powers of two or prime: then a covariance that is exactly 0 is also exactly 0 in the float
 # reference (B * mean is exact), so the reference's sign(0) = 0 is well defined and comparable.

@@ -34,8 +34,7 @@ def compiled(monkeypatch):
 
 
 def _force(monkeypatch, path):
-    for name in ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_FP32", "SPARSE_MAX_DENSITY_ROWS_FP32",
-                 "SPARSE_MAX_DENSITY_ROWS_INT8_CPU"):
+    for name in fast_step.DENSITY_SWITCHES:
         monkeypatch.setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
 
 

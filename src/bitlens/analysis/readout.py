@@ -77,9 +77,12 @@ def threshold_readout(x: torch.Tensor, codes: torch.Tensor, steps: int = 300, lr
     with torch.no_grad():
         weight = (w / std[:, None]).t().contiguous()  # undo the standardisation: logits = weight . x + bias
         bias = b - (mean / std) @ w
-        solution = _least_squares_decoder(_read(x, weight, bias), x)
-        ex, ecodes = (x, codes) if held_out is None else (held_out[0].float(), held_out[1].float())
-        read = _read(ex, weight, bias)
+        read = _read(x, weight, bias)
+        solution = _least_squares_decoder(read, x)
+        ex, ecodes = x, codes
+        if held_out is not None:  # measured on other rows: read them too (else the fitted rows' read is reused)
+            ex, ecodes = held_out[0].float(), held_out[1].float()
+            read = _read(ex, weight, bias)
         design = torch.cat([read.double(), torch.ones(read.shape[0], 1, dtype=torch.float64)], 1)
         err = (design @ solution - ex.double()).pow(2).sum()
         var = (ex.double() - ex.double().mean(0)).pow(2).sum().clamp_min(1e-30)

@@ -88,6 +88,11 @@ path runs on the global batch). Measured with bench/train_step.py at d = 576 on 
 density the dense path took 3.5x the GEMM floor against 4.2x for the row-overlap path; at 3.1%, 5.8x vs 10.4x."""
 
 
+DENSITY_SWITCHES = ("SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_ROWS_INT8_CPU", "SPARSE_MAX_DENSITY_FP32",
+                    "SPARSE_MAX_DENSITY_ROWS_FP32")
+"""Names of every density limit ``choose_path`` reads: set them all to force one path (benches, tests)."""
+
+
 def gathers_covariance(device_type: str, width: int, rows: int) -> bool:
     """Whether one process's sparse path takes the covariance from gathers of fp32 bits (else from row overlaps):
     where the bit products are fp32, or on int8-fast CPUs up to ``GATHER_MAX_WIDTH_INT8_CPU`` units, while the
