@@ -47,6 +47,7 @@ from bitlens.training.config import LossConfig, TrainConfig
 from bitlens.training.distributed import current_world
 from bitlens.training.dual import controller_for
 from bitlens.training.objectives import objective_for
+from bitlens.training.optim import adam
 from bitlens.training.schedules import cosine_tail
 from bitlens.training.trainer import Trainer, init_bae
 
@@ -81,7 +82,7 @@ class BareLoop:
             model, batches, cfg, loss, variance, total
         self.world = world
         self.objective = objective_for("bae").objective
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.opt = adam(model.parameters(), cfg.lr)  # the trainer's optimiser
         self.controller = controller_for(loss, total)
         self.step = 0
         model.train()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bitlens import BAEConfig, BinaryAutoencoder
@@ -76,6 +77,39 @@ def test_cofiring_counts_from_the_live_lower_triangle_are_the_full_gram():
             for lo in range(0, 350, 60):
                 counts.add(active[lo:lo + 60])
             assert torch.equal(counts.result(), full)
+        finally:
+            os.environ.pop("BITLENS_INT8_MM")
+            bit_products.cpu_int8_is_fast.cache_clear()
+
+
+def test_covariance_penalty_from_the_lower_triangle_equals_the_full_matrix():
+    """Issue 18: the evaluation's covariance statistic (sum of |off-diagonal| unbiased covariances) is read from the
+    lower triangle of the counts in row blocks; it must equal the formula on the full matrix, on both int_mm
+    routes, with dead and constant-on units, a block that does not divide the width, and after a flush."""
+    import os
+
+    from bitlens.analysis.statistics import CofiringCounts
+    from bitlens.ops import bit_products
+
+    torch.manual_seed(2)
+    active = torch.rand(400, 70) < torch.rand(70) * 0.4
+    active[:, [3, 40]] = False
+    active[:, 5] = True
+    n = active.shape[0]
+    f = active.double().mean(0)
+    cov = (active.double().T @ active.double() - n * torch.outer(f, f)) / (n - 1)
+    expected = float(cov.abs().sum() - cov.diagonal().abs().sum())
+    for forced in ("0", "1"):
+        os.environ["BITLENS_INT8_MM"] = forced
+        bit_products.cpu_int8_is_fast.cache_clear()
+        try:
+            for block, limit in ((16, None), (7, None), (1000, None), (16, 150)):
+                counts = CofiringCounts(70, block=block)
+                if limit:
+                    counts.limit = limit  # the int64 route once a partial sum was flushed
+                for lo in range(0, n, 100):
+                    counts.add(active[lo:lo + 100])
+                assert counts.abs_covariance_sum(f, n) == pytest.approx(expected, rel=1e-12)
         finally:
             os.environ.pop("BITLENS_INT8_MM")
             bit_products.cpu_int8_is_fast.cache_clear()

@@ -32,6 +32,15 @@ class CoderEvaluation(NamedTuple):
     """[width] firing frequency f_j of every feature."""
 
 
+EVAL_CHUNK = 2048
+"""Rows per chunk of ``evaluate_coder``: a chunk's [rows, width] pre-activations and bits then stay in the caches
+between the passes over them. On a 2-core AVX-512/AMX Xeon, evaluating a 2304-unit BAE on 25k rows of the demo store
+took 0.97 s in chunks of 2048 rows against 1.23 s in chunks of 8192 (issue 18, fourteenth session); the statistics
+agree to float64 rounding."""
+
+FVU_CHUNK = 512
+"""Rows per chunk of ``heldout_fvu`` (0.169 s for 8192 rows on the same Xeon, against 0.221 s in one chunk)."""
+
 COFIRING_BLOCK = 512
 """Columns per block of the co-firing Gram matrix: only its lower block triangle is multiplied (it is symmetric)."""
 
@@ -88,6 +97,24 @@ class CofiringCounts:
         low = lower.tril().to(torch.int64)
         return low + low.tril(-1).t()
 
+    def abs_covariance_sum(self, freq: torch.Tensor, n: int) -> float:
+        """sum over i != j of |cov(bit i, bit j)| (unbiased) of the rows added so far, given their firing frequencies
+        ``freq`` [width] (float64) and number ``n``: the same value as from ``result()``, but read from the lower
+        triangle in row blocks, without forming the symmetric int64 and float64 width x width matrices (for 2304
+        units: 0.03 s against 0.2 s on a 2-core Xeon, issue 18)."""
+        if self.total.any():  # more rows than one exact partial sum holds: use the full matrix
+            cov = (self.result().double() - n * torch.outer(freq, freq)) / max(n - 1, 1)
+            return float(cov.abs().sum() - cov.diagonal().abs().sum())
+        freq = freq.to(self.partial.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.partial.device)
+        for r0 in range(0, self.width, self.block):
+            r1 = min(r0 + self.block, self.width)
+            # rows r0:r1, columns left of each row's diagonal (strictly lower): all valid partial entries
+            counts = self.partial[r0:r1, :r1].double()
+            block = counts.sub_(torch.outer(freq[r0:r1], freq[:r1]).mul_(n)).abs_()
+            total += block.tril_(r0 - 1).sum()
+        return float(2 * total / max(n - 1, 1))
+
     def result(self) -> torch.Tensor:
         """int64 [width, width] counts of every row added so far (CPU)."""
         self._flush()
@@ -96,7 +123,7 @@ class CofiringCounts:
 
 @torch.no_grad()
 def coder_statistics(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
-                     chunk: int = 8192) -> dict[str, float]:
+                     chunk: int = EVAL_CHUNK) -> dict[str, float]:
     """Evaluate ``model`` (with encode/decode) on rows [n, d] against ``targets`` [n, d_out] (default: the rows);
     returns a flat dict of floats (definitions in the module docstring)."""
     return evaluate_coder(model, rows, targets, chunk).stats
@@ -115,8 +142,32 @@ def firing_frequencies(model: torch.nn.Module, rows: torch.Tensor, chunk: int = 
 
 
 @torch.no_grad()
+def heldout_fvu(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
+                chunk: int = FVU_CHUNK) -> float:
+    """The FVU of ``evaluate_coder`` alone (same definition, float64 sums), for the target-FVU controller's frequent
+    held-out calibrations: no code statistics, and small chunks that stay in the caches. Args: rows [n, d] raw
+    inputs; targets [n, d_out] (default: the rows)."""
+    device = next(model.parameters()).device
+    targets = rows if targets is None else targets
+    if targets.shape[0] != rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} rows but {targets.shape[0]} targets")
+    n = targets.shape[0]
+    sum_x = torch.zeros(targets.shape[1], dtype=torch.float64)
+    sum_xx = torch.zeros((), dtype=torch.float64)
+    sq_err = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n, chunk):
+        x_hat = model.decode(model.encode(rows[start:start + chunk].to(device).float())).double().cpu()
+        x = targets[start:start + chunk].double()
+        sum_x += x.sum(0)
+        sum_xx += x.pow(2).sum()
+        sq_err += (x - x_hat).pow(2).sum()
+    total_var = sum_xx - sum_x.pow(2).sum() / max(n, 1)
+    return float(sq_err / total_var.clamp_min(1e-30))
+
+
+@torch.no_grad()
 def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor | None = None,
-                   chunk: int = 8192, cofiring: bool = True) -> CoderEvaluation:
+                   chunk: int = EVAL_CHUNK, cofiring: bool = True) -> CoderEvaluation:
     """``coder_statistics`` plus the per-feature firing frequencies. ``cofiring=False`` skips the width x width
     co-firing counts (``covariance`` is then NaN): they dominate the cost at large widths."""
     device = next(model.parameters()).device
@@ -163,11 +214,7 @@ def evaluate_coder(model: torch.nn.Module, rows: torch.Tensor, targets: torch.Te
     total_var = sum_xx - sum_x.pow(2).sum() / n
     f = fires / n
     # unbiased covariance of the whole set from its Gram matrix, then sum of |off-diagonal| entries
-    if cofiring:
-        cov = (gram.result().double() - n * torch.outer(f, f)) / max(n - 1, 1)
-        cov_pen = cov.abs().sum() - cov.diagonal().abs().sum()
-    else:
-        cov_pen = torch.tensor(float("nan"))
+    cov_pen = gram.abs_covariance_sum(f, n) if cofiring else float("nan")
     const_on = f == 1
     stats = {
         "n_rows": n,

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import Coder, CoderOutput
+from .base import Coder, CoderOutput, column_quantile
 from .step import Surrogate, binarize
 from ..config import Serializable
 
@@ -106,7 +106,7 @@ class BinaryAutoencoder(Coder):
         rows = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.encoder.weight.copy_(rows)
         pre = (x[:8192] / self.input_scale) @ rows.t()  # [n, d']
-        threshold = torch.quantile(pre.float(), 1 - rate, dim=0)
+        threshold = column_quantile(pre.float(), 1 - rate)
         if self.encoder.bias is not None:
             self.encoder.bias.copy_(-threshold)
 

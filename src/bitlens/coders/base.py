@@ -13,6 +13,19 @@ import torch
 from torch import nn
 
 
+def column_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(x, q, dim=0)`` (linear interpolation, same float32 rank arithmetic, so equal bit for bit)
+    for the high quantiles that set thresholds (a unit firing on a fraction 1 - q of the rows): a partial sort of
+    each column's top ``(1 - q) n`` values instead of a full sort. For 8192 x 800 at q = 0.99 it took 0.03 s against
+    0.40 s (issue 18, fourteenth session). Args: x [n, k] without NaN, n >= 1; q in [0, 1]. Returns [k]."""
+    n = x.shape[0]
+    rank = torch.tensor(q, dtype=x.dtype) * (n - 1)  # torch.quantile's rank: q in the input's dtype times n - 1
+    below = int(rank)
+    above = min(below + int(float(rank) > below), n - 1)
+    top = torch.topk(x.t(), n - below, dim=1, largest=True, sorted=True).values  # [k, n - below], descending
+    return torch.lerp(top[:, n - 1 - below], top[:, n - 1 - above], rank - below)
+
+
 class CoderOutput(NamedTuple):
     reconstruction: torch.Tensor
     """[B, d_out] decoded vectors, in the caller's (unnormalised) space."""

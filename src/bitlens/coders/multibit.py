@@ -24,6 +24,7 @@ import torch
 
 from ..config import Serializable
 from .bae import BAEConfig, BinaryAutoencoder
+from .base import column_quantile
 from .step import Surrogate, binarize  # noqa: F401 (Surrogate: simple-parsing resolves the inherited annotations here)
 
 MAX_BITS = 8  # level indices are stored as uint8
@@ -126,7 +127,7 @@ class MultiBitAutoencoder(BinaryAutoencoder):
         unit start as a weak 1-bit unit)."""
         super().sparse_start(x, rate)
         pre = self.encoder(x[:8192] / self.input_scale)  # [n, d']
-        top = torch.quantile(pre.float(), 1 - rate / 10, dim=0).clamp_min(1e-6)
+        top = column_quantile(pre.float(), 1 - rate / 10).clamp_min(1e-6)
         factor = self.cfg.level_range / top
         self.encoder.weight.mul_(factor[:, None])
         if self.encoder.bias is not None:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..config import Serializable
-from .base import Coder, CoderOutput
+from .base import Coder, CoderOutput, column_quantile
 from .jumprelu import jumprelu
 
 TranscoderActivation = Literal["relu", "identity"]
@@ -238,7 +238,7 @@ class JumpReLUSAE(SparseCoder):
         if self.cfg.init_l0 > 0:
             rate = min(self.cfg.init_l0 / self.cfg.width, 1.0)
             pre = self.pre_activation(x[:8192].float())
-            theta = torch.quantile(pre, 1 - rate, dim=0).clamp_min(self.cfg.threshold)
+            theta = column_quantile(pre, 1 - rate).clamp_min(self.cfg.threshold)
             self.threshold.copy_(theta)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:

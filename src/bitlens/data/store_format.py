@@ -20,6 +20,7 @@ manifest. Stores written before sites existed have no ``sites`` key and read as 
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,57 @@ def release_pages(arrays: list[np.ndarray]) -> None:
                 mapped.madvise(advice)
             except (OSError, ValueError):  # a platform without it, or a closed map: only memory is at stake
                 pass
+
+
+def _whole_file_map(array: np.ndarray) -> bool:
+    """Whether ``array`` is a C-ordered memory map of a whole .npy file's data (what ``np.load(mmap_mode=...)``
+    returns), so a row's byte offset in the file is ``array.offset + row * row bytes``."""
+    filename, offset = getattr(array, "filename", None), getattr(array, "offset", None)
+    if filename is None or offset is None or not array.flags.c_contiguous:
+        return False
+    try:
+        return os.path.getsize(filename) == offset + array.nbytes
+    except OSError:
+        return False
+
+
+def read_blocks(arrays: list[np.ndarray], blocks: np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``blocks`` [n, 3] (array index, start row, stop row), concatenated in that order; in the first
+    rows of ``buffer`` when it is given and large enough (a fresh array of tens of MB costs a page fault per 4 KB
+    page on every call, as the allocator returns it to the system when it is freed).
+
+    From memory-mapped .npy files the blocks are read with ``os.preadv`` straight into the result: no page faults
+    and nothing left in this process's resident set. Reading a shuffling buffer's 256 random blocks (64k rows of
+    the demo store, 74 MB) took 0.021-0.025 s this way, against 0.02-0.20 s by slicing the maps (issue 18,
+    fourteenth session). Other arrays (or a platform without ``preadv``) are sliced and concatenated."""
+    if len(blocks) == 0:
+        return np.zeros((0, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+    used = np.unique(blocks[:, 0])
+    if not hasattr(os, "preadv") or not all(_whole_file_map(arrays[s]) for s in used):
+        out = np.concatenate([arrays[s][a:b] for s, a, b in blocks])
+        release_pages(arrays)
+        return out
+    first = arrays[int(used[0])]
+    row_bytes = first.dtype.itemsize * int(np.prod(first.shape[1:], dtype=np.int64))
+    n = int((blocks[:, 2] - blocks[:, 1]).sum())
+    fits = (buffer is not None and buffer.dtype == first.dtype and buffer.shape[1:] == first.shape[1:]
+            and len(buffer) >= n and buffer.flags.c_contiguous)
+    out = buffer[:n] if fits else np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    files = {int(s): os.open(arrays[s].filename, os.O_RDONLY) for s in used}
+    try:
+        pos = 0
+        for s, a, b in blocks:
+            size = int(b - a) * row_bytes
+            target = view[pos:pos + size]
+            done = 0
+            while done < size:  # preadv may return short (signals, very large reads)
+                got = os.preadv(files[int(s)], [target[done:]], arrays[s].offset + int(a) * row_bytes + done)
+                if got <= 0:
+                    raise OSError(f"{arrays[s].filename}: unexpected end of file")
+                done += got
+            pos += size
+    finally:
+        for fd in files.values():
+            os.close(fd)
+    return out

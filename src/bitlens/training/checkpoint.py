@@ -32,6 +32,13 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # the moments were saved contiguous; give them their parameter's layout again (the BAE's decoder weight is
+    # column-major). The default Adam does not care, but torch's fused kernel pairs elements by memory position,
+    # so a moment laid out unlike its parameter updates the wrong entries
+    for param, param_state in opt.state.items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[name] = torch.empty_like(param).copy_(value)
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..coders.base import column_quantile
+
 
 class Revival(NamedTuple):
     step: int
@@ -44,6 +46,9 @@ def _reset_adam(opt: torch.optim.Optimizer, param: torch.Tensor, index, dim: int
         if key in state:
             state[key].index_fill_(dim, index, 0.0)
 
+
+CHUNK_ROWS = 1024
+"""Rows per pass of the encoder and decoder over the sample."""
 
 RIDGE = 1e-2
 """Ridge of the joint decoder fit, relative to the mean firing count: keeps co-firing units' columns small and
@@ -65,9 +70,11 @@ def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch
                  step: int, seed: int) -> Revival:
     """Re-initialise the dead and constant-on units of a BAE judged on ``rows`` [n, d] (raw training rows)."""
     xn = rows.to(model.input_scale.device) / model.input_scale
-    code = (model.encoder(xn) > 0).float()
-    fires = code.mean(0)
-    dead, const = fires == 0, fires == 1
+    n = xn.shape[0]
+    # in chunks of rows, so each chunk's [rows, d'] pre-activations stay in the caches; the code is kept as bits
+    code = torch.cat([model.encoder(xn[i:i + CHUNK_ROWS]) > 0 for i in range(0, n, CHUNK_ROWS)])  # bool [n, d']
+    fires = code.sum(0)
+    dead, const = fires == 0, fires == n
     units = torch.nonzero(dead | const).flatten()
     if units.numel() == 0:
         return Revival(step, 0, 0, [])
@@ -75,9 +82,11 @@ def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch
     on = torch.nonzero(const).flatten()
     if on.numel():
         b_out += w_out[:, on].sum(1)  # an always-on column is a constant: move it into the bias
-    code[:, units] = 0
+    code[:, units] = False
     w_out[:, units] = 0
-    err = xn - model.decoder(code)  # [n, d] residual without the units being revived
+    # [n, d] residual without the units being revived
+    err = torch.cat([xn[i:i + CHUNK_ROWS] - model.decoder(code[i:i + CHUNK_ROWS].float())
+                     for i in range(0, n, CHUNK_ROWS)])
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     weight = err.pow(2).sum(1).double().cpu()
     picks = torch.multinomial(weight / weight.sum(), units.numel(), replacement=units.numel() > weight.numel(),
@@ -85,7 +94,7 @@ def revive_units(model: torch.nn.Module, opt: torch.optim.Optimizer, rows: torch
     directions = err[picks]
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [k, d]
     proj = xn @ directions.t()  # [n, k]
-    threshold = torch.quantile(proj, 1 - rate, dim=0)
+    threshold = column_quantile(proj, 1 - rate)
     firing = (proj > threshold).float()  # [n, k]
     columns = _joint_columns(firing, err)  # [k, d]
     model.encoder.weight[units] = directions

@@ -34,6 +34,7 @@ from .distributed import World, current_world
 from .dual import controller_for
 from .feasible import BestFeasible
 from .objectives import objective_for
+from .optim import adam
 from .schedules import cosine_tail
 from .validation import Validation
 
@@ -114,7 +115,7 @@ class Trainer(Validation):
         self.local_batch = self.world.check_batch(self.batch_size)
         self.steps_per_epoch = max(1, rows // self.batch_size)
         self.total_steps = (math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = adam(self.model.parameters(), cfg.lr)
         self.step = 0
         self.variance = variance if variance is not None else data_variance(model, _targets(train, 65536))
         if self.world.active:  # one start for all ranks (a sharded source's init sample differs by rank)
