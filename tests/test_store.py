@@ -294,3 +294,27 @@ def test_batches_are_those_of_the_whole_group_shuffle(shared_store, shared_store
     for g, w in zip(got, want):
         assert g.dtype == torch.float32 and g.is_contiguous()
         assert torch.equal(g, w)
+
+
+def test_read_blocks_by_pread_equals_slicing(tmp_path):
+    """Issue 18: the shuffling buffer reads its blocks with os.preadv from the shards' .npy files (into a reused
+    buffer when given one); the rows must be those of slicing the memory maps, for both dtypes, and arrays that
+    are not whole-file maps (a slice, an in-memory array) are sliced."""
+    from bitlens.data.store_format import read_blocks
+
+    for dtype in ("float16", "float32"):
+        view = ActivationStore(make_store(tmp_path / dtype, dtype=dtype)).split(0.0, 0, 3)[0]
+        arrays = view._arrays
+        blocks = view._blocks()[np.random.default_rng(0).permutation(len(view._blocks()))]
+        expected = np.concatenate([arrays[s][a:b] for s, a, b in blocks])
+        assert np.array_equal(read_blocks(arrays, blocks), expected)
+        buffer = np.full((len(expected) + 5, DIM), -1, dtype=arrays[0].dtype)
+        out = read_blocks(arrays, blocks, buffer)
+        assert np.shares_memory(out, buffer) and np.array_equal(out, expected)
+        small = np.empty((3, DIM), dtype=arrays[0].dtype)  # too small: a fresh array instead
+        assert np.array_equal(read_blocks(arrays, blocks, small), expected)
+        in_memory = [np.array(a) for a in arrays]
+        assert np.array_equal(read_blocks(in_memory, blocks), expected)
+        sliced = [a[1:] for a in arrays]  # a view of a map: its file offset is not the array's start
+        assert np.array_equal(read_blocks(sliced, blocks[:2]),
+                              np.concatenate([sliced[s][a:b] for s, a, b in blocks[:2]]))

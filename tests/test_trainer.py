@@ -117,3 +117,36 @@ def test_resume_or_refuse_accepts_a_run_made_before_an_option_existed(tmp_path, 
     assert json.loads((run / "run_settings.json").read_text())["loss"] == {"target_fvu": 0.2, "prune": True}
     with pytest.raises(BitlensError, match=r"other settings \(loss\)"):
         resume_or_refuse(run, {"train": {"steps": 10}, "loss": {"target_fvu": 0.3, "prune": True}})
+
+
+def test_fused_adam_moments_keep_their_parameters_layout(tmp_path):
+    """Issue 18: the trainer's Adam is torch's fused kernel, which pairs a parameter's entries with its moments'
+    by memory position. The BAE's decoder weight is column-major and checkpoints store the moments contiguous, so
+    restoring must give them the parameter's layout again, or a resumed step updates the wrong entries."""
+    from safetensors.torch import save_file
+
+    from bitlens.io import load_safetensors
+    from bitlens.training.checkpoint import optimizer_tensors, restore_optimizer
+    from bitlens.training.optim import adam
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(30, 8).t()), torch.nn.Parameter(torch.randn(8))]  # column-major
+    opt = adam(weights, 1e-2)
+    assert opt.param_groups[0]["fused"] is True
+    for p in weights:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    tensors, meta = optimizer_tensors(opt)
+    save_file(tensors, str(tmp_path / "opt.safetensors"))
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in weights]
+    assert twins[0].stride() == weights[0].stride()
+    restored = adam(twins, 1e-2)
+    restore_optimizer(restored, load_safetensors(tmp_path / "opt.safetensors"), json.loads(json.dumps(meta)))
+    assert restored.state[twins[0]]["exp_avg"].stride() == twins[0].stride()
+    grads = [torch.randn_like(p) for p in weights]
+    for group, params in ((opt, weights), (restored, twins)):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        group.step()
+    for a, b in zip(weights, twins):
+        assert torch.equal(a, b)
