@@ -10,9 +10,9 @@ In one process, on the same rows and from the same initial weights, three loops 
   the shuffling buffer, the fused BAE step, Adam, the LR schedule and target-FVU controller, metrics, and the periodic
   evaluation on ``--eval-tokens`` held-out rows every ``--eval-every`` steps (the first evaluation also reads those
   rows from the store), plus the checkpoint ``fit`` writes at its end. Steps/s over the whole ``fit``.
-* **step**: the bare fused step with Adam: ``objective`` + ``backward`` + ``Adam.step`` over ``--bare-batches``
-  batches already in memory (the first batches of the same epoch, cycled), with the same loss weights per step
-  (warm-up, controller). ``e2e_over_step`` = e2e steps/s / step steps/s (target >= 0.9).
+* **step**: the bare fused step with the trainer's Adam (``training.optim.adam``): ``objective`` + ``backward`` +
+  ``Adam.step`` over ``--bare-batches`` batches already in memory (the first batches of the same epoch, cycled),
+  with the same loss weights per step (warm-up, controller). ``e2e_over_step`` = e2e steps/s / step steps/s (target >= 0.9).
 * **official** (only when ``BITLENS_OFFICIAL_BAE`` names a checkout of github.com/hc495/Binary_Autoencoder; its code
   is loaded from there at run time, never copied): its ``BinarizedAutoencoder`` (d' = 4d, sign_s, bias, no output
   activation) and its objective (``self_regression_loss`` + entropy + ``covarience_of_binary_hidden``, weights 1e-7)

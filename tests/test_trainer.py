@@ -41,6 +41,26 @@ def test_resume_equals_uninterrupted(tmp_path, synth8):
     assert [r["step"] for r in read_metrics(tmp_path / "half")] == [20, 40, 60]
 
 
+def test_fit_in_segments_continues_one_batch_stream(tmp_path, synth8):
+    """Issue 18: fit(until=...) called again carries on with the batches it left open (no shuffling-buffer group
+    read again) and trains exactly as one call."""
+    x, _ = synth8
+    tr, va = split_rows(x, 0.2, 0)
+    whole = Trainer(init_bae(BAEConfig(d_in=16), tr.rows(65536), LossConfig(), 0), tr, va, TrainConfig(**CFG),
+                    LossConfig(), tmp_path / "whole")
+    whole.fit()
+    model = init_bae(BAEConfig(d_in=16), tr.rows(65536), LossConfig(), 0)
+    trainer = Trainer(model, tr, va, TrainConfig(**CFG), LossConfig(), tmp_path / "segments")
+    opened = []
+    batches = trainer._batches
+    trainer._batches = lambda: opened.append(trainer.step) or batches()
+    for until in (15, 30, 45, 60):
+        trainer.fit(until=until)
+    assert opened == [0]
+    for (k, a), (_, b) in zip(whole.model.state_dict().items(), trainer.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_resume_can_extend_but_not_change_the_objective(tmp_path, synth8):
     x, _ = synth8
     tr, va = split_rows(x, 0.2, 0)

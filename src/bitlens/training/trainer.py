@@ -138,6 +138,7 @@ class Trainer(Validation):
         self._revive_rows: torch.Tensor | None = None
         self._val_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._calibration_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._open_batches: tuple[int, Iterator] | None = None  # (step, this rank's batches from that step on)
 
     # ---- state -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -274,7 +275,11 @@ class Trainer(Validation):
                    desc="train", unit="step", dynamic_ncols=True)
         try:
             with _sigterm_as_interrupt():
-                batches = self._batches()
+                # a fit that continues where the last one stopped (fit(until=...) in segments) keeps its batch stream
+                # rather than reopening it, which would re-read a shuffling-buffer group
+                continuing = self._open_batches is not None and self._open_batches[0] == self.step
+                batches = self._open_batches[1] if continuing else self._batches()
+                self._open_batches = None
                 objective = self.spec.objective
                 while self.step < stop:
                     x = _to(next(batches), self.device)
@@ -324,6 +329,7 @@ class Trainer(Validation):
             bar.close()  # end the bar's line so the error starts on its own; no checkpoint of a diverged model
             raise
         bar.close()
+        self._open_batches = (self.step, batches)
         if self.step == self.total_steps and self.world.main:
             last = self._return_feasible(last)
         self.save()
