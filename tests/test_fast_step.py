@@ -224,6 +224,30 @@ def test_dense_sign_product_float_and_integer_routes_agree(monkeypatch, b, m, de
     assert floats.dtype == torch.int32 and torch.equal(floats, integer)
 
 
+@pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9), (2, 1, 0.5)])
+def test_dense_sign_product_gram_from_a_view_or_a_copy_agree(monkeypatch, b, m, density):
+    """The CPU Gram reads h8^T as a column-major view up to VIEW_GRAM_MAX_WIDTH units, a row-major copy above."""
+    h8 = _codes(b, m, density, seed=b + 2 * m).to(torch.int8)
+    n = h8.sum(0, dtype=torch.int32)
+    monkeypatch.setattr(fast_cov, "int8_gemm_is_fast", lambda device_type: True)
+    monkeypatch.setattr(fast_cov, "VIEW_GRAM_MAX_WIDTH", 10 ** 9)
+    view = fast_cov.dense_sign_product(h8, n, block=16)
+    monkeypatch.setattr(fast_cov, "VIEW_GRAM_MAX_WIDTH", 0)
+    copy = fast_cov.dense_sign_product(h8, n, block=16)
+    assert torch.equal(view, copy)
+    hsd = h8.double() @ torch.sign(b * (h8.double().t() @ h8.double()) - n.double().outer(n.double())).fill_diagonal_(0)
+    assert torch.equal(view, hsd.to(torch.int32))
+
+
+def test_int32_row_dots_and_column_sums_equal_int64_sums():
+    gen = torch.Generator().manual_seed(3)
+    hs = torch.randint(-500, 500, (37, 501), generator=gen, dtype=torch.int32)
+    h8 = (torch.rand(37, 501, generator=gen) < 0.4).to(torch.int8)
+    assert torch.equal(fast_cov.row_dots(hs, h8).long(), (hs.long() * h8.long()).sum(1))
+    sums = fast_cov.column_sums(hs)
+    assert sums.dtype == torch.int64 and torch.equal(sums, hs.long().sum(0))
+
+
 @pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9), (5, 3, 0.0)])
 def test_transposed_lists_are_the_row_lists_of_the_transpose(b, m, density):
     h = _codes(b, m, density, seed=b * m + 1)
