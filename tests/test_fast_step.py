@@ -225,11 +225,14 @@ def test_dense_sign_product_float_and_integer_routes_agree(monkeypatch, b, m, de
 
 
 @pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9), (2, 1, 0.5)])
-def test_dense_sign_product_gram_from_a_view_or_a_copy_agree(monkeypatch, b, m, density):
-    """The CPU Gram reads h8^T as a column-major view up to VIEW_GRAM_MAX_WIDTH units, a row-major copy above."""
+@pytest.mark.parametrize("tile_rows", [3, 16, 10 ** 9])
+def test_dense_sign_product_gram_from_a_view_or_a_copy_agree(monkeypatch, b, m, density, tile_rows):
+    """The CPU Gram reads h8^T as a column-major view up to VIEW_GRAM_MAX_WIDTH units, a row-major copy above; its
+    column blocks are built GRAM_TILE_ROWS rows at a time. Every way gives the float64 formula's hS."""
     h8 = _codes(b, m, density, seed=b + 2 * m).to(torch.int8)
     n = h8.sum(0, dtype=torch.int32)
     monkeypatch.setattr(fast_cov, "int8_gemm_is_fast", lambda device_type: True)
+    monkeypatch.setattr(fast_cov, "GRAM_TILE_ROWS", tile_rows)
     monkeypatch.setattr(fast_cov, "VIEW_GRAM_MAX_WIDTH", 10 ** 9)
     view = fast_cov.dense_sign_product(h8, n, block=16)
     monkeypatch.setattr(fast_cov, "VIEW_GRAM_MAX_WIDTH", 0)

@@ -29,6 +29,7 @@ from . import fused
 from .bit_products import count_mm, int8_gemm_is_fast, int_mm
 
 VIEW_GRAM_MAX_WIDTH = 6144  # widest code whose CPU Gram reads h8^T as a view (see dense_sign_product)
+GRAM_TILE_ROWS = 2048  # rows of an int32 Gram tile [tile, DENSE_BLOCK] (8 MB): see dense_sign_product
 DENSE_BLOCK = 1024  # columns of the Gram matrix per block: big enough for GEMM efficiency, small enough for cache
 
 
@@ -48,10 +49,18 @@ def dense_sign_product(h8: torch.Tensor, n: torch.Tensor, block: int = DENSE_BLO
     hs = torch.zeros(b, m, dtype=torch.int32, device=h8.device)
     for j0 in range(0, m, block):
         j1 = min(j0 + block, m)
-        q = int_mm(ht8[j0:], h8[:, j0:j1]).to(wide)  # G[j0:, J]: this column block, rows on/below the diagonal
-        q.addr_(nq[j0:], nq[j0:j1], beta=b, alpha=-1)  # q = B G - n n^T, in place
-        q[: j1 - j0].fill_diagonal_(0)
-        s = q.clamp_(-1, 1).to(torch.int8)  # S[j0:, J]
+        # S[j0:, J], GRAM_TILE_ROWS rows at a time: the int32 Gram tile stays at 8 MB where a whole column block of it
+        # (33 MB at d' = 8192) was a fresh allocation each time. Measured on an AVX-512/AMX Xeon (BENCHMARKS.md,
+        # issue 18), step / floor: d' = 8192 1.45-1.49 against 1.56-1.60 whole; d' = 2304 1.80-1.84 against 1.86-1.90;
+        # tiles of 512 / 1024 / 4096 rows were no better
+        s = torch.empty(m - j0, j1 - j0, dtype=torch.int8, device=h8.device)
+        for i0 in range(j0, m, GRAM_TILE_ROWS):
+            i1 = min(i0 + GRAM_TILE_ROWS, m)
+            q = int_mm(ht8[i0:i1], h8[:, j0:j1]).to(wide)  # G[I, J]
+            q.addr_(nq[i0:i1], nq[j0:j1], beta=b, alpha=-1)  # q = B G - n n^T, in place
+            if i0 < j1:  # this tile crosses the diagonal of G[J, J]: (j0 + k, j0 + k) is at q[k - (i0 - j0), k]
+                q[:, i0 - j0:].fill_diagonal_(0)
+            s[i0 - j0:i1 - j0] = q.clamp_(-1, 1)
         hs[:, j0:j1] += int_mm(h8[:, j0:], s)
         if j1 < m:  # the mirrored upper block S[J, j1:] = S[j1:, J]^T
             hs[:, j1:] += int_mm(h8[:, j0:j1], s[j1 - j0:].t())
