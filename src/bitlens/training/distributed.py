@@ -232,7 +232,7 @@ def global_code_statistics(codes: torch.Tensor, world: World) -> tuple[torch.Ten
     """Minibatch entropy (bits) and covariance penalty of the global batch whose rows on this rank are ``codes``
     [b, m] (0/1), computed as the distributed training step does (all-gathered bits, exact integer covariance).
     Returns float64 scalars, identical on every rank."""
-    from ..ops.fast_cov import dense_sign_product
+    from ..ops.fast_cov import column_sums, dense_sign_product, row_dots
     from .losses import binary_entropy
 
     h8 = codes.to(torch.int8)
@@ -241,6 +241,6 @@ def global_code_statistics(codes: torch.Tensor, world: World) -> tuple[torch.Ten
     n = h8_all.sum(0, dtype=torch.int32)
     entropy = binary_entropy(n.double() / b).sum()
     hs = dense_sign_product(h8_all, n)[lo:lo + h8.shape[0]]  # this rank's rows of hS
-    parts = world.sum(torch.cat([(hs * h8).sum(dtype=torch.int64).view(1), hs.sum(0, dtype=torch.int64)]))
+    parts = world.sum(torch.cat([row_dots(hs, h8).sum(dtype=torch.int64).view(1), column_sums(hs)]))
     cov = (b * parts[0] - (parts[1:] * n).sum()).double() / (b * (b - 1))
     return entropy, cov

@@ -221,9 +221,11 @@ class _DecoderLosses(torch.autograd.Function):
         ctx.h_dtype = h.dtype
         ctx.lists_t = lists_t
         ctx.surrogate, ctx.tau = surrogate, tau
-        # the decoder weight gradient reads the fp32 bits (same values as h8): an fp32 GEMM reads their transpose
-        # as it lies, where int8 bits cost a transposed fp32 copy of B x m in the backward (0.6 ms at d' = 2304)
-        ctx.save_for_backward(hf, err, w_out, hs, colsum, p, h if surrogate in ("sigmoid", "paper") else None)
+        # the dense decoder weight gradient reads the fp32 bits (same values as h8): an fp32 GEMM reads their transpose
+        # as it lies, where int8 bits cost a transposed fp32 copy of B x m in the backward (0.6 ms at d' = 2304); the
+        # sparse one reads lists_t instead, so the bits are not kept for it
+        bits = None if path == "sparse" else hf
+        ctx.save_for_backward(bits, err, w_out, hs, colsum, p, h if surrogate in ("sigmoid", "paper") else None)
         return loss, recon_term, entropy, cov
 
     @staticmethod
