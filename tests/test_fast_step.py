@@ -251,6 +251,24 @@ def test_int32_row_dots_and_column_sums_equal_int64_sums():
     assert sums.dtype == torch.int64 and torch.equal(sums, hs.long().sum(0))
 
 
+def test_row_dots_stay_exact_past_fp32_integers():
+    # m = 5000: a row dot reaches 5000 * 4999 > 2^24, so row_dots must split the columns (chunks of 3355) to stay exact
+    gen = torch.Generator().manual_seed(4)
+    b, m = 4, 5000
+    hs = (torch.randint(0, 2, (b, m), generator=gen, dtype=torch.int32) * 2 - 1) * (m - 1)
+    hs[0] = m - 1  # all at the extreme: the dot is m (m - 1)
+    hs[1, ::2] = m - 1
+    hs[1, 1::2] = m - 3
+    hs[1, 0] = m - 2  # an odd sum past 2^24, which no fp32 accumulator can hold
+    bits = torch.ones(b, m, dtype=torch.int8)
+    bits[3] = (torch.rand(m, generator=gen) < 0.5).to(torch.int8)
+    want = (hs.long() * bits.long()).sum(1)
+    assert want[0] == m * (m - 1) and want[1] % 2 == 1 and want[1] > 2 ** 24
+    assert int(torch.linalg.vecdot(hs[1].float(), bits[1].float())) != want[1]  # why the columns are split
+    assert torch.equal(fast_cov.row_dots(hs, bits), want)
+    assert torch.equal(fast_cov.row_dots(hs.float(), bits.float()), want)  # fp32 hS and bits, as the step has them
+
+
 @pytest.mark.parametrize("b,m,density", [(7, 40, 0.3), (64, 130, 0.05), (33, 17, 0.9), (5, 3, 0.0)])
 def test_transposed_lists_are_the_row_lists_of_the_transpose(b, m, density):
     h = _codes(b, m, density, seed=b * m + 1)
