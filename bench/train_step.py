@@ -17,6 +17,9 @@ backward (what the trainer runs before ``opt.step()``); the Adam update is exclu
 Regimes: ``dense`` (PyTorch's init, about half the bits on) and ``sparse`` (encoder bias set per unit so that about
 ``--l0`` bits of d' are on, as in a trained coder).
 
+``--ablate-covariance`` adds a column: the eager step with the covariance's integer product hS replaced by zeros, so
+what the exact covariance costs and what everything else costs can be read apart.
+
 ``--sweep`` instead times the dense and the sparse path (both forced, compiled kernels) against the floor at a list of
 densities L0/d', interleaved in one process: the data behind ``fast_step.SPARSE_MAX_DENSITY*``.
 """
@@ -83,6 +86,27 @@ def forced(path: str, step=bitlens_step):
         saved = {name: getattr(fast_step, name) for name in fast_step.DENSITY_SWITCHES}
         for name in fast_step.DENSITY_SWITCHES:
             setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
+        try:
+            return step(model, x, cfg, variance)
+        finally:
+            for name, value in saved.items():
+                setattr(fast_step, name, value)
+    return run
+
+
+SIGN_PRODUCTS = ("dense_sign_product", "dense_sign_product_bits", "gather_sign_product", "sparse_sign_product")
+
+
+def without_covariance(step=eager_step):
+    """``step`` with hS (the covariance's integer product, ``ops.fast_cov``) replaced by zeros: an ablation that
+    times everything else in the step. Its losses and gradients are wrong on purpose and are never checked."""
+    def zero_hs(h, *_):
+        return torch.zeros(h.shape, dtype=h.dtype if h.is_floating_point() else torch.int32, device=h.device)
+
+    def run(model, x, cfg, variance):
+        saved = {name: getattr(fast_step, name) for name in SIGN_PRODUCTS}
+        for name in SIGN_PRODUCTS:
+            setattr(fast_step, name, zero_hs)
         try:
             return step(model, x, cfg, variance)
         finally:
@@ -167,7 +191,7 @@ def _first_call_compile_s(step, model, x, cfg, variance) -> float:
 
 
 def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repeat: int, seed: int,
-             device: str = "cpu", naive: bool = True) -> dict:
+             device: str = "cpu", naive: bool = True, ablate_covariance: bool = False) -> dict:
     model, x, cfg, variance, sync, l0, tensors = _setup(d, batch, regime, l0_target, seed, device)
     m = model.width
     compile_s = _first_call_compile_s(bitlens_step, model, x, cfg, variance)
@@ -179,6 +203,9 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
     runners = {"naive": lambda: timed(naive_step)} if naive else {}
     runners.update({"bitlens": lambda: timed(bitlens_step), "eager": lambda: timed(eager_step),
                     "floor": lambda: floor_step(tensors)})
+    if ablate_covariance:
+        no_cov = without_covariance()
+        runners["no_cov"] = lambda: timed(no_cov)
     ms = _timings(runners, warmup, repeat, sync)
 
     ref_loss, ref_grads = grads_of(naive_step, model, x, cfg, variance)
@@ -195,6 +222,9 @@ def run_case(d: int, batch: int, regime: str, l0_target: int, warmup: int, repea
            "compile_s": round(compile_s, 2),
            "max_rel_err_loss": errs["bitlens"][0], "max_rel_err_grad": errs["bitlens"][1],
            "eager_rel_err_loss": errs["eager"][0], "eager_rel_err_grad": errs["eager"][1]}
+    if ablate_covariance:
+        row.update({"eager_no_cov_ms": round(ms["no_cov"], 2),
+                    "eager_no_cov_ratio_to_floor": round(ms["no_cov"] / ms["floor"], 3)})
     if naive:
         row.update({"naive_ms": round(ms["naive"], 2), "naive_ratio_to_floor": round(ms["naive"] / ms["floor"], 3),
                     "speedup_vs_naive": round(ms["naive"] / ms["bitlens"], 2)})
@@ -242,6 +272,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force-path", choices=["dense", "sparse"], help="ablation: one path whatever the density")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive column (slow at d = 2048)")
+    ap.add_argument("--ablate-covariance", action="store_true",
+                    help="add a column: the eager step with the covariance's hS replaced by zeros (wrong losses, "
+                    "not checked), i.e. what everything but the exact covariance costs")
     ap.add_argument("--sweep", default="", help="densities L0/d' (comma-separated, e.g. 0.005,0.01,0.02): time "
                     "the dense and the sparse path at each instead of the regime table")
     ap.add_argument("--gather-max-width", type=int, default=-1,
@@ -285,13 +318,15 @@ def main() -> None:
         for d in (int(s) for s in args.sizes.split(",")):
             for regime in args.regimes.split(","):
                 r = run_case(d, args.batch, regime, l0_for.get(d, max(1, d // 32)), args.warmup, args.repeat,
-                             args.seed, args.device, naive=not args.no_naive)
+                             args.seed, args.device, naive=not args.no_naive,
+                             ablate_covariance=args.ablate_covariance)
                 rows.append(r)
                 print(f"{r['d']:>5} {r['d_prime']:>7} {regime:>6} {r['l0']:>7} {r['path']:>6} "
                       f"{r.get('naive_ms', float('nan')):>9.1f} {r['bitlens_ms']:>10.1f} {r['eager_ms']:>9.1f} "
                       f"{r['floor_ms']:>9.1f} {r['ratio_to_floor']:>6.2f} {r['eager_ratio_to_floor']:>6.2f} "
-                      f"{r['compile_s']:>9.2f} {r['max_rel_err_loss']:>9.1e} {r['max_rel_err_grad']:>9.1e}",
-                      flush=True)
+                      f"{r['compile_s']:>9.2f} {r['max_rel_err_loss']:>9.1e} {r['max_rel_err_grad']:>9.1e}"
+                      + (f"  no_cov {r['eager_no_cov_ms']:.1f} ms = {r['eager_no_cov_ratio_to_floor']:.2f} x floor"
+                         if args.ablate_covariance else ""), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
