@@ -80,18 +80,24 @@ def eager_step(model, x, cfg: LossConfig, variance: float) -> torch.Tensor:
     return bitlens_step(model, x, dataclasses.replace(cfg, compile=False), variance)
 
 
-def forced(path: str, step=bitlens_step):
-    """``step`` with the fast step's path forced (sparse or dense) whatever the density."""
+def with_fast_step_attributes(step, values: dict):
+    """``step`` run with these module attributes of ``fast_step`` set, restored afterwards."""
     def run(model, x, cfg, variance):
-        saved = {name: getattr(fast_step, name) for name in fast_step.DENSITY_SWITCHES}
-        for name in fast_step.DENSITY_SWITCHES:
-            setattr(fast_step, name, 2.0 if path == "sparse" else -1.0)
+        saved = {name: getattr(fast_step, name) for name in values}
+        for name, value in values.items():
+            setattr(fast_step, name, value)
         try:
             return step(model, x, cfg, variance)
         finally:
             for name, value in saved.items():
                 setattr(fast_step, name, value)
     return run
+
+
+def forced(path: str, step=bitlens_step):
+    """``step`` with the fast step's path forced (sparse or dense) whatever the density."""
+    return with_fast_step_attributes(step, dict.fromkeys(fast_step.DENSITY_SWITCHES,
+                                                         2.0 if path == "sparse" else -1.0))
 
 
 SIGN_PRODUCTS = ("dense_sign_product", "dense_sign_product_bits", "gather_sign_product", "sparse_sign_product")
@@ -102,17 +108,7 @@ def without_covariance(step=eager_step):
     times everything else in the step. Its losses and gradients are wrong on purpose and are never checked."""
     def zero_hs(h, *_):
         return torch.zeros(h.shape, dtype=h.dtype if h.is_floating_point() else torch.int32, device=h.device)
-
-    def run(model, x, cfg, variance):
-        saved = {name: getattr(fast_step, name) for name in SIGN_PRODUCTS}
-        for name in SIGN_PRODUCTS:
-            setattr(fast_step, name, zero_hs)
-        try:
-            return step(model, x, cfg, variance)
-        finally:
-            for name, value in saved.items():
-                setattr(fast_step, name, value)
-    return run
+    return with_fast_step_attributes(step, dict.fromkeys(SIGN_PRODUCTS, zero_hs))
 
 
 def auto_path(l0: float, m: int, batch: int, device_type: str) -> str:
