@@ -242,7 +242,7 @@ def test_dense_sign_product_gram_from_a_view_or_a_copy_agree(monkeypatch, b, m, 
     assert torch.equal(view, hsd.to(torch.int32))
 
 
-def test_int32_row_dots_and_column_sums_equal_int64_sums():
+def test_row_dots_and_column_sums_equal_int64_sums():
     gen = torch.Generator().manual_seed(3)
     hs = torch.randint(-500, 500, (37, 501), generator=gen, dtype=torch.int32)
     h8 = (torch.rand(37, 501, generator=gen) < 0.4).to(torch.int8)

@@ -161,7 +161,6 @@ class _DecoderLosses(torch.autograd.Function):
         float_bits = gather and (path == "sparse" or not int8_gemm_is_fast(hf.device.type))
 
         lists = lists_t = None
-        compiled_sums = spec.compile
         if path == "sparse" and float_bits:  # the covariance by gathers (fast_cov.gather_sign_product)
             lists = row_lists(hf, padded=False)
             lists_t = transposed_lists(lists, m)
@@ -190,11 +189,11 @@ class _DecoderLosses(torch.autograd.Function):
                 if group is not None:  # this rank's rows of the global batch's hS
                     hs = hs[lo:lo + rows]
                 else:  # one fp32 copy (exact: |hS| < m) serves the sums below and the backward's fp32 epilogue;
-                    # the int32 row dots and the int32 + fp32 add cost 2.9 ms at 512 x 2304 against 0.7, and the
-                    # eager sums measured faster here than the compiled float64 ones (issue 18, BENCHMARKS.md)
-                    hs, float_bits, compiled_sums = hs.float(), True, False
-        if float_bits:
-            colsum64, on64 = fused.sign_sums(hs, hf, compiled_sums)
+                    # the int32 row dots and the int32 + fp32 add cost 2.9 ms at 512 x 2304 against 0.7 (issue 18)
+                    hs = hs.float()
+        float_hs = hs.is_floating_point()
+        if float_hs:  # compiled (float64) sums only for fp32 bits: after the int8 route the eager ones measured faster
+            colsum64, on64 = fused.sign_sums(hs, hf, spec.compile and float_bits)
             colsum = colsum64.long()
         else:
             colsum = column_sums(hs)  # int64
@@ -208,7 +207,7 @@ class _DecoderLosses(torch.autograd.Function):
             entropy = torch.zeros_like(entropy)  # the official floor: a gradient-free 0
         if group is None:
             recon_term = err.pow(2).sum() / denom
-            if float_bits:
+            if float_hs:
                 cov = ((b * on64 - (colsum64 * n).sum()) / (b * (b - 1))).to(hf.dtype)
             else:
                 cov = penalty_from_sign_product(hs, h8, n, colsum, lists).to(hf.dtype)
